@@ -1,0 +1,91 @@
+"""Smooth multiplicative receive-bias field b = exp(B c) with its scale pinned.
+
+B is a low-degree tensor-product Legendre polynomial basis (all monomials of total degree 1..``degree``),
+on coordinates mapped to [-1, 1] over the bounding box of the support (in millimetres, so anisotropic voxels
+do not bend the basis). The basis is orthonormalised over the support voxels AFTER removing its mean there, so
+
+    mean over the support of log b = sum_k c_k mean_support(B_k) = 0   exactly, for every c
+
+(the projection is built into the basis, not a penalty): b and the image x cannot trade a global scale.
+Orthonormal columns also make the coefficients equally scaled, which Adam likes.
+"""
+
+from __future__ import annotations
+
+from itertools import product
+
+import numpy as np
+import torch
+import torch.nn as nn
+from numpy.polynomial import legendre
+
+from .errors import InputError
+
+
+def legendre_basis(shape: tuple, support: np.ndarray | None = None, degree: int = 3,
+                   spacing: tuple | None = None) -> np.ndarray:
+    """Zero-mean (over ``support``), orthonormal smooth basis, array (K, *shape) float32.
+
+    shape:   image shape (2D or 3D, array axis order).
+    support: boolean mask where the field is fitted and its log-mean pinned (None: whole image).
+    degree:  maximum total polynomial degree, 1..6 (3D degree 3 gives 19 functions).
+    spacing: voxel size per array axis in mm (None: isotropic).
+    """
+    shape = tuple(int(n) for n in shape)
+    if len(shape) not in (2, 3):
+        raise InputError(f"bias field basis needs a 2D or 3D shape, got {shape}")
+    if not 1 <= int(degree) <= 6:
+        raise InputError(f"bias_degree must be between 1 and 6, got {degree}")
+    support = np.ones(shape, bool) if support is None else np.asarray(support, bool)
+    if support.shape != shape:
+        raise InputError(f"support mask shape {support.shape} does not match image shape {shape}")
+    if support.sum() < 8:
+        support = np.ones(shape, bool)  # degenerate mask: pin over the whole image instead
+    spacing = np.ones(len(shape)) if spacing is None else np.asarray(spacing, float)
+    coords = []
+    idx = np.nonzero(support)
+    for axis, n in enumerate(shape):
+        mm = np.arange(n) * spacing[axis]
+        lo, hi = mm[idx[axis].min()], mm[idx[axis].max()]
+        half = max((hi - lo) / 2, spacing[axis])
+        coords.append((mm - (lo + hi) / 2) / half)
+    grids = np.meshgrid(*coords, indexing="ij")
+    columns = []
+    for powers in product(range(int(degree) + 1), repeat=len(shape)):
+        if 0 < sum(powers) <= degree:
+            f = np.ones(shape)
+            for g, p in zip(grids, powers):
+                f = f * legendre.legval(g, [0] * p + [1])
+            columns.append(f)
+    basis = np.stack(columns)  # (K, *shape)
+    inside = basis[:, support].T  # (N, K)
+    inside = inside - inside.mean(0)
+    # Orthonormalise over the support: Q = inside @ R^-1, applied to the full-grid basis too.
+    _, r = np.linalg.qr(inside)
+    keep = np.abs(np.diag(r)) > 1e-8 * np.abs(np.diag(r)).max()
+    r_inv = np.linalg.pinv(r[np.ix_(keep, keep)])
+    mean = basis[:, support].mean(1)
+    centred = basis - mean.reshape((-1,) + (1,) * len(shape))
+    flat = centred[keep].reshape(int(keep.sum()), -1).T @ r_inv * np.sqrt(support.sum())
+    return np.ascontiguousarray(flat.T.reshape((-1,) + shape), dtype=np.float32)
+
+
+class BiasField(nn.Module):
+    """b = exp(B c) on a fixed basis; ``c`` (zero at start: b = 1) is the only parameter.
+
+    ``forward()`` returns b with the image's shape; ``log_field()`` returns B c.
+    """
+
+    def __init__(self, shape: tuple, support: np.ndarray | None = None, degree: int = 3,
+                 spacing: tuple | None = None):
+        super().__init__()
+        basis = legendre_basis(shape, support, degree, spacing)
+        self.register_buffer("basis", torch.from_numpy(basis))
+        self.coefficients = nn.Parameter(torch.zeros(basis.shape[0]))
+        self.shape = tuple(shape)
+
+    def log_field(self) -> torch.Tensor:
+        return torch.tensordot(self.coefficients, self.basis, dims=1)
+
+    def forward(self) -> torch.Tensor:
+        return torch.exp(self.log_field())

@@ -1,0 +1,142 @@
+"""Reading and writing volumes with their geometry (SimpleITK), validated, written atomically.
+
+Formats: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), and a folder holding one
+DICOM series (read only). Inputs are never modified; outputs go to a temporary file beside the target and
+are renamed into place, so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .volume import Volume, from_sitk, to_sitk
+
+WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in WRITE_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return ""
+
+
+def read_volume(path, role: str = "volume", allow_2d: bool = True) -> Volume:
+    """Read a scalar 2D/3D image (file or DICOM series folder) as a float32 Volume and validate it.
+
+    ``role`` names the input in error messages ("sodium", "proton", ...). Raises InputError for a missing or
+    unreadable file, 4D or vector data, NaN/inf values, or an all-zero image.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{role} file not found: {path}")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(path))
+            if not series:
+                raise InputError(f"{role}: folder {path} holds no DICOM series")
+            if len(series) > 1:
+                raise InputError(f"{role}: folder {path} holds {len(series)} DICOM series; expected exactly one")
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except InputError:
+        raise
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((ln for ln in first if "ERROR" in ln or "exception" in ln.lower()), first[-1] if first else "")
+        raise InputError(f"cannot read {role} file {path}: not a readable NIfTI/NRRD/MHA/DICOM image ({detail.strip()[:160]})") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{role} {path}: expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
+    dim = image.GetDimension()
+    if dim == 4:
+        size = image.GetSize()
+        if size[3] == 1:
+            image = image[:, :, :, 0]
+        else:
+            raise InputError(f"{role} {path}: expected a 3D volume (or a 2D slice), got 4D data of size {size}")
+    elif dim not in (2, 3):
+        raise InputError(f"{role} {path}: expected a 2D or 3D image, got {dim}D")
+    volume = from_sitk(image)
+    if volume.ndim == 2 and not allow_2d:
+        raise InputError(f"{role} {path}: expected a 3D volume, got a 2D image")
+    validate_volume(volume, role, source=path)
+    return volume
+
+
+def validate_volume(volume: Volume, role: str = "volume", source=None) -> None:
+    """Raise InputError when the voxel values cannot be processed (NaN/inf, all zero, empty)."""
+    where = f" ({source})" if source is not None else ""
+    a = volume.array
+    if a.size == 0:
+        raise InputError(f"{role}{where} is empty")
+    if not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
+        raise InputError(f"{role}{where}: expected real-valued voxels, got dtype {a.dtype}")
+    finite = np.isfinite(a)
+    if not finite.all():
+        n = int((~finite).sum())
+        raise InputError(f"{role}{where} contains {n} NaN or infinite voxel(s); expected finite values")
+    if not np.any(a):
+        raise InputError(f"{role}{where} is all zero; expected an image with signal")
+
+
+def check_output_path(path, role: str = "output") -> Path:
+    """Validate before any work starts that ``path`` can be written (known suffix, writable folder)."""
+    path = Path(path)
+    if not _suffix(path):
+        raise InputError(f"{role} path {path}: unknown file type; expected one of {', '.join(WRITE_SUFFIXES)}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{role} path {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{role} path {path}: folder {parent} is not writable")
+    if path.is_dir():
+        raise InputError(f"{role} path {path} is a folder; expected a file name")
+    return path
+
+
+def write_volume(volume: Volume, path, compress: bool = True) -> Path:
+    """Write ``volume`` (float32) to ``path`` atomically; the format follows the suffix."""
+    import SimpleITK as sitk
+
+    path = check_output_path(path)
+    suffix = _suffix(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        image = to_sitk(volume.with_array(np.asarray(volume.array, dtype=np.float32)))
+        sitk.WriteImage(image, tmp, useCompression=compress and suffix != ".nii")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def write_text_atomic(text: str, path) -> Path:
+    """Write a text file (JSON, YAML) atomically."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise InputError(f"cannot write {path}: folder {parent} does not exist or is not writable")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
