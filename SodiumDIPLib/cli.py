@@ -68,20 +68,28 @@ def read_optional(path, role, **kw):
 
 
 def progress_printer(args, total_hint=None):
-    """A tqdm progress bar fed by pipeline progress events (None when --quiet)."""
+    """A tqdm progress bar fed by pipeline progress events, created at the first event (so that input errors
+    found before the run starts print one clean line). Returns (callback or None, close)."""
     if getattr(args, "quiet", False):
         return None, (lambda: None)
     from tqdm import tqdm
 
-    bar = tqdm(total=total_hint, unit="it", file=sys.stderr, dynamic_ncols=True, leave=False)
+    state = {}
 
     def on_progress(event, _image_fn):
+        bar = state.get("bar")
+        if bar is None:
+            bar = state["bar"] = tqdm(total=total_hint, unit="it", file=sys.stderr, dynamic_ncols=True, leave=False)
         bar.n = event.get("iteration", bar.n)
         post = {k: f"{event[k]:.4g}" for k in ("loss", "psnr") if isinstance(event.get(k), float)}
         bar.set_postfix(post, refresh=False)
         bar.refresh()
 
-    return on_progress, bar.close
+    def close():
+        if "bar" in state:
+            state.pop("bar").close()
+
+    return on_progress, close
 
 
 # --- subcommands -------------------------------------------------------------------------------------------

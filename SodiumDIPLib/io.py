@@ -68,10 +68,42 @@ def read_volume(path, role: str = "volume", allow_2d: bool = True) -> Volume:
     elif dim not in (2, 3):
         raise InputError(f"{role} {path}: expected a 2D or 3D image, got {dim}D")
     volume = from_sitk(image)
+    if not path.is_dir() and _nifti_nonfinite_count(path):
+        raise InputError(f"{role} ({path}) contains {_nifti_nonfinite_count(path)} NaN or infinite voxel(s); "
+                         "expected finite values")
     if volume.ndim == 2 and not allow_2d:
         raise InputError(f"{role} {path}: expected a 3D volume, got a 2D image")
     validate_volume(volume, role, source=path)
     return volume
+
+
+def _nifti_nonfinite_count(path: Path) -> int:
+    """NaN/inf voxels stored in a floating-point NIfTI-1 file.
+
+    ITK's NIfTI reader silently replaces NaN by 0, so non-finite voxels are counted from the file itself.
+    """
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return 0
+    import gzip
+
+    opener = gzip.open if name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return 0
+    for endian in ("<", ">"):
+        if len(raw) >= 352 and np.frombuffer(raw[:4], endian + "i4")[0] == 348:
+            break
+    else:
+        return 0  # not NIfTI-1 (e.g. NIfTI-2): nothing more we can check here
+    dtype = {16: "f4", 64: "f8"}.get(int(np.frombuffer(raw[70:72], endian + "i2")[0]))
+    if dtype is None:
+        return 0  # integer data cannot hold NaN
+    offset = int(np.frombuffer(raw[108:112], endian + "f4")[0])
+    data = np.frombuffer(raw, endian + dtype, offset=offset, count=(len(raw) - offset) // int(dtype[1]))
+    return int((~np.isfinite(data)).sum())
 
 
 def validate_volume(volume: Volume, role: str = "volume", source=None) -> None:
@@ -98,11 +130,22 @@ def check_output_path(path, role: str = "output") -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"{role} path {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{role} path {path}: folder {parent} is not writable")
     if path.is_dir():
         raise InputError(f"{role} path {path} is a folder; expected a file name")
+    if not _can_create_in(parent):
+        raise InputError(f"{role} path {path}: folder {parent} is not writable")
     return path
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can really be created in ``folder`` (os.access says yes to root everywhere)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.remove(probe)
+    return True
 
 
 def write_volume(volume: Volume, path, compress: bool = True) -> Path:
@@ -128,7 +171,7 @@ def write_text_atomic(text: str, path) -> Path:
     """Write a text file (JSON, YAML) atomically."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
+    if not parent.is_dir() or not _can_create_in(parent):
         raise InputError(f"cannot write {path}: folder {parent} does not exist or is not writable")
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=parent)
     try:
