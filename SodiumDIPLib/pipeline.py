@@ -260,7 +260,9 @@ def denoise_volumes(sodium: Volume, proton: Optional[Volume] = None, method: str
     result, info = run_method(problem, method, preset, params, seed, device, progress, should_cancel)
     output = sodium.with_array(unsq(np.asarray(result.image, dtype=np.float32) * scale))
     bias = None if result.bias_field is None else sodium.with_array(unsq(np.asarray(result.bias_field, np.float32)))
-    extras = {name: _extra_volume(sodium, arr, squeeze) for name, arr in result.extras.items()}
+    # Extras named "pilot*" are sodium images (normalised units): back to the input's units like the output.
+    extras = {name: _extra_volume(sodium, np.asarray(arr) * (scale if name.startswith("pilot") else 1.0), squeeze)
+              for name, arr in result.extras.items()}
     metrics = compute_run_metrics(output, inputs, proton_only_contrast)
     return RunOutput(output=output, bias_field=bias, metrics=metrics, method=method, preset=preset,
                      params=result.params, history=result.history, stop_rule=result.stop_rule,
