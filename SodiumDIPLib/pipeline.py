@@ -164,7 +164,7 @@ def run_method(problem: Problem, method: str = "dipfusion", preset: str = "balan
     return result, info
 
 
-def _on_grid(vol: Optional[Volume], grid: Volume, role: str, label: bool) -> Optional[np.ndarray]:
+def on_grid(vol: Optional[Volume], grid: Volume, role: str, label: bool) -> Optional[np.ndarray]:
     """An optional companion volume (reference, mask) as an array on the sodium grid."""
     if vol is None:
         return None
@@ -198,11 +198,11 @@ def prepare_denoising(sodium: Volume, proton: Optional[Volume] = None, reference
     arr = y[0] if squeeze else y
     if min(arr.shape) < 8:
         raise InputError(f"sodium: image of shape {sodium.shape} is too small; expected at least 8 voxels per axis")
-    proton_grid = _on_grid(proton, work, "proton", label=False) if proton is not None else None
-    ref = _on_grid(reference, work, "reference", label=False)
-    user_mask = _on_grid(mask, work, "mask", label=True)
-    les = _on_grid(lesion, work, "lesion", label=True)
-    ponly = _on_grid(proton_only, work, "proton-only", label=True)
+    proton_grid = on_grid(proton, work, "proton", label=False) if proton is not None else None
+    ref = on_grid(reference, work, "reference", label=False)
+    user_mask = on_grid(mask, work, "mask", label=True)
+    les = on_grid(lesion, work, "lesion", label=True)
+    ponly = on_grid(proton_only, work, "proton-only", label=True)
     sq = (lambda a: a[0] if (a is not None and squeeze) else a)
     support = sq(user_mask) if user_mask is not None else head_mask(arr)
     scale = float(np.percentile(arr[support], SCALE_PERCENTILE)) if support.any() else float(arr.max())

@@ -1,0 +1,148 @@
+"""Multi-coil Cartesian MRI: y = mask * FFT(S * x), with its adjoint, in torch.
+
+FFT convention (the one of ../shared/data/README.md and of every k-space array in the engine): k-space
+centre at array index N//2 along every axis, orthonormal scaling, i.e.
+``K = fftshift(fftn(ifftshift(x), norm="ortho"))`` and ``x = fftshift(ifftn(ifftshift(K), norm="ortho"))``.
+With orthonormal scaling the complex noise level in k-space equals the per-coil noise level in the image.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .base import LinearOperator
+
+
+def _axes(ndim: int) -> tuple:
+    return tuple(range(-ndim, 0))
+
+
+def fftc(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Centred orthonormal FFT over the last ``ndim`` axes (torch)."""
+    ax = _axes(ndim)
+    return torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(x, dim=ax), dim=ax, norm="ortho"), dim=ax)
+
+
+def ifftc(k: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Centred orthonormal inverse FFT over the last ``ndim`` axes (torch)."""
+    ax = _axes(ndim)
+    return torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(k, dim=ax), dim=ax, norm="ortho"), dim=ax)
+
+
+def fftc_np(x: np.ndarray, ndim: int) -> np.ndarray:
+    """Centred orthonormal FFT over the last ``ndim`` axes (numpy)."""
+    ax = _axes(ndim)
+    return np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(x, axes=ax), axes=ax, norm="ortho"), axes=ax)
+
+
+def ifftc_np(k: np.ndarray, ndim: int) -> np.ndarray:
+    """Centred orthonormal inverse FFT over the last ``ndim`` axes (numpy)."""
+    ax = _axes(ndim)
+    return np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(k, axes=ax), axes=ax, norm="ortho"), axes=ax)
+
+
+def complex_dtype_for(x: torch.Tensor) -> torch.dtype:
+    """complex128 for double inputs, complex64 otherwise."""
+    return torch.complex128 if x.dtype in (torch.float64, torch.complex128) else torch.complex64
+
+
+def as_sensitivities(sensitivities, image_shape: Optional[tuple] = None) -> torch.Tensor:
+    """Validate coil sensitivities (coils, *image_shape) and return them as a complex64 tensor.
+
+    ``None`` means one coil of uniform sensitivity (requires ``image_shape``).
+    """
+    if sensitivities is None:
+        if image_shape is None:
+            raise InputError("either sensitivities or image_shape must be given")
+        return torch.ones((1,) + tuple(image_shape), dtype=torch.complex64)
+    s = sensitivities if isinstance(sensitivities, torch.Tensor) else torch.as_tensor(np.asarray(sensitivities))
+    if s.ndim not in (3, 4):
+        raise InputError(f"coil sensitivities must have shape (coils, [z,] y, x); got shape {tuple(s.shape)}")
+    if image_shape is not None and tuple(s.shape[1:]) != tuple(image_shape):
+        raise InputError(f"coil sensitivities of shape {tuple(s.shape)} do not match the image shape {tuple(image_shape)}; "
+                         f"expected (coils, {', '.join(map(str, image_shape))})")
+    if not torch.isfinite(torch.view_as_real(s.to(torch.complex64)) if s.is_complex() else s).all():
+        raise InputError("coil sensitivities contain NaN or infinite values")
+    return s.to(torch.complex64)
+
+
+class MultiCoilCartesian(LinearOperator):
+    """y[c] = mask * FFT(S[c] * x): image (``image_shape``) -> k-space (coils, *image_shape), zero off the mask.
+
+    sensitivities: (coils, [z,] y, x) complex coil maps, or None for one uniform coil (then ``image_shape`` is
+                   taken from ``mask``).
+    mask:          boolean / 0-1 sampling pattern of shape image_shape (or None: fully sampled).
+    The forward accepts a real or complex image (a real one is cast to complex) on any device, returns complex
+    k-space; the adjoint returns a complex image. Both are plain torch ops, so autograd works through them.
+    """
+
+    def __init__(self, sensitivities=None, mask=None, image_shape: Optional[tuple] = None):
+        if sensitivities is None and image_shape is None:
+            if mask is None:
+                raise InputError("MultiCoilCartesian needs sensitivities, a mask or an image_shape")
+            image_shape = tuple(np.shape(mask))
+        sens = as_sensitivities(sensitivities, image_shape)
+        image_shape = tuple(sens.shape[1:])
+        if mask is None:
+            mask_t = torch.ones(image_shape, dtype=torch.float32)
+        else:
+            m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
+            if tuple(m.shape) != image_shape:
+                raise InputError(f"sampling mask of shape {tuple(m.shape)} does not match the image shape {image_shape}")
+            if m.is_complex():
+                raise InputError("the sampling mask must be real (0/1 or boolean)")
+            mask_t = m.to(torch.float32)
+            if not torch.isfinite(mask_t).all() or (mask_t < 0).any():
+                raise InputError("the sampling mask must hold finite non-negative values (0/1)")
+            if not (mask_t > 0).any():
+                raise InputError("the sampling mask selects no k-space sample")
+        self.sens = sens
+        self.mask = mask_t
+        self.ndim = len(image_shape)
+        self.ishape = image_shape
+        self.oshape = (sens.shape[0],) + image_shape
+        self._cache = {}
+
+    @property
+    def n_coils(self) -> int:
+        return int(self.sens.shape[0])
+
+    def to(self, device) -> "MultiCoilCartesian":
+        self.sens = self.sens.to(device)
+        self.mask = self.mask.to(device)
+        self._cache = {}
+        return self
+
+    def _tensors(self, device, cdtype):
+        key = (str(device), cdtype)
+        if key not in self._cache:
+            self._cache = {key: (self.sens.to(device=device, dtype=cdtype),
+                                 self.mask.to(device=device, dtype=torch.float64 if cdtype == torch.complex128 else torch.float32))}
+        return self._cache[key]
+
+    def _check_image(self, x: torch.Tensor):
+        if tuple(x.shape) != self.ishape:
+            raise InputError(f"image of shape {tuple(x.shape)} does not match the operator's image shape {self.ishape}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_image(x)
+        cdt = complex_dtype_for(x)
+        sens, mask = self._tensors(x.device, cdt)
+        return mask * fftc(sens * x.to(cdt), self.ndim)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        if tuple(y.shape) != self.oshape:
+            raise InputError(f"k-space of shape {tuple(y.shape)} does not match the operator's output shape {self.oshape}")
+        cdt = complex_dtype_for(y)
+        sens, mask = self._tensors(y.device, cdt)
+        return (sens.conj() * ifftc(mask * y.to(cdt), self.ndim)).sum(0)
+
+    def zero_filled(self, y: torch.Tensor) -> torch.Tensor:
+        """Zero-filled, sensitivity-weighted coil combination: sum_c conj(S_c) F^H y_c / sum_c |S_c|^2."""
+        x = self.adjoint(y)
+        norm = (self.sens.abs() ** 2).sum(0).to(x.device)
+        return x / norm.clamp_min(1e-6 * float(norm.max()))
