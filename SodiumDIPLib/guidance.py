@@ -207,18 +207,19 @@ def apply_projection(g: torch.Tensor, xi: torch.Tensor, gamma: float) -> torch.T
 
 def dtv(x: torch.Tensor, xi: Optional[torch.Tensor], gamma: float = 0.95, eps: float = 1e-3,
         spacing: Optional[Sequence[float]] = None, weight: Optional[torch.Tensor] = None,
-        reduction: str = "sum") -> torch.Tensor:
+        reduction: str = "sum", ndim: Optional[int] = None) -> torch.Tensor:
     """Smoothed directional total variation sum_i w_i sqrt(|P_i grad x_i|^2 + eps^2), P = I - gamma xi xi^T.
 
     x: (*batch, *shape) with the spatial shape equal to xi.shape[1:] (a network output (1, 1, Z, Y, X) is fine).
     xi: direction field (d, *shape) with |xi| <= 1, or None (= 0: smoothed isotropic TV). gamma in [0, 1).
     eps > 0 smooths the corner of |.| (same units as the gradient). weight: optional per-voxel weight (*shape).
-    reduction: "sum" (default) or "mean" over voxels. Differentiable in x.
+    reduction: "sum" (default) or "mean" over voxels. ndim: number of spatial axes, needed only when xi is
+    None and x has batch axes (default: taken from xi, else x.ndim). Differentiable in x.
     """
     if not (0.0 <= gamma <= 1.0):
         raise InputError(f"gamma must be in [0, 1], got {gamma}")
     if xi is None:
-        d = x.ndim if x.ndim in (2, 3) else 3
+        d = int(ndim) if ndim is not None else x.ndim
     else:
         d = xi.shape[0]
         if tuple(x.shape[-d:]) != tuple(xi.shape[1:]):
@@ -244,28 +245,30 @@ def _gaussian_kernel(sigma: float, dtype, device) -> torch.Tensor:
     return (k / k.sum()).to(dtype=dtype, device=device)
 
 
-def gaussian_smooth(x: torch.Tensor, sigma_vox: Union[float, Sequence[float]]) -> torch.Tensor:
-    """Separable Gaussian smoothing of a 2D/3D tensor (sigma in voxels per axis; reflect boundary).
-
-    Torch, so it runs on the data's device and is differentiable.
+def gaussian_smooth(x: torch.Tensor, sigma_vox: Union[float, Sequence[float]],
+                    ndim: Optional[int] = None) -> torch.Tensor:
+    """Separable Gaussian smoothing over the last ``ndim`` axes (default all) of a tensor, sigma in voxels
+    (one value or one per spatial axis; reflect boundary). Torch: runs on the data's device, differentiable.
     """
-    d = x.ndim
+    d = x.ndim if ndim is None else int(ndim)
+    nb = x.ndim - d
     sig = [float(sigma_vox)] * d if np.isscalar(sigma_vox) else [float(s) for s in sigma_vox]
     if len(sig) != d:
         raise InputError(f"sigma needs {d} values, got {sig}")
     out = x
-    for ax, s in enumerate(sig):
+    for k, s in enumerate(sig):
+        ax = nb + k
         if s <= 0:
             continue
-        k = _gaussian_kernel(s, x.dtype, x.device)
-        r = (k.numel() - 1) // 2
+        ker = _gaussian_kernel(s, x.dtype, x.device)
+        r = (ker.numel() - 1) // 2
         moved = out.movedim(ax, -1)
         shp = moved.shape
         flat = moved.reshape(-1, 1, shp[-1])
         # reflect needs r < n; fall back to replicate on tiny axes
         mode = "reflect" if r < shp[-1] else "replicate"
         flat = torch.nn.functional.pad(flat, (r, r), mode=mode)
-        flat = torch.nn.functional.conv1d(flat, k.view(1, 1, -1))
+        flat = torch.nn.functional.conv1d(flat, ker.view(1, 1, -1))
         out = flat.reshape(shp).movedim(-1, ax)
     return out
 

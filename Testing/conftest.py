@@ -1,6 +1,10 @@
 """Shared fixtures: where the real data live, small synthetic volumes."""
 
+import os
 from pathlib import Path
+
+# OpenMP threads that spin while waiting (torch, ITK) steal the other core on a 2-core CI machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest
