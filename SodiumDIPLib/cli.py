@@ -158,12 +158,19 @@ def cmd_denoise(args) -> int:
     if args.bias_field and run.bias_field is None:
         raise InputError(f"method {args.method!r} does not estimate a bias field; drop --bias-field")
     paths = write_outputs(run, args.output, args.bias_field, args.metrics_json)
-    if getattr(args, "report", None):
-        from .report import make_report
-
-        paths["report"] = str(make_report([run], args.report).get("html", args.report))
+    report = report_paths([run], args)
+    if report:
+        paths["report"] = report
     print_run_summary(run, paths)
     return EXIT_OK
+
+
+def report_paths(runs, args):
+    """Write the report asked for by --report; returns the HTML path (None when not asked)."""
+    from .report.cli import report_from_args
+
+    written = report_from_args(runs, args)
+    return None if not written else str(written.get("html", args.report))
 
 
 def print_run_summary(run, paths: dict) -> None:
@@ -207,6 +214,12 @@ def cmd_demo(args) -> int:
     return EXIT_OK
 
 
+def _add_report_options(p):
+    from .report.cli import add_report_options
+
+    add_report_options(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sodiumdip", description="Proton-guided DIP denoising and reconstruction of sodium MRI.")
     parser.add_argument("--version", action="version", version=f"sodiumdip {__version__}")
@@ -231,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bias-field", metavar="PATH", help="write the estimated bias field here")
     add_run_options(p)
     add_evaluation_options(p)
-    p.add_argument("--report", metavar="DIR", help="write a PNG + HTML report into DIR")
+    _add_report_options(p)
     p.set_defaults(func=cmd_denoise)
 
     p = sub.add_parser("metrics", help="metrics of an image (against a reference when given)")

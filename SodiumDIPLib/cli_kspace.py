@@ -48,6 +48,9 @@ def register_commands(subparsers) -> None:
     p.add_argument("--spacing", default=None, help="voxel size in mm 'x,y[,z]' when the file has none (default 1)")
     add_run_options(p, default_method="dipfusion")
     add_evaluation_options(p)
+    from .report.cli import add_report_options
+
+    add_report_options(p)
     p.set_defaults(func=cmd_reconstruct)
 
 
@@ -192,6 +195,8 @@ def cmd_reconstruct(args) -> int:
     bias = None if result.bias_field is None else grid.with_array(unsq(np.asarray(result.bias_field, np.float32)))
     if args.bias_field and bias is None:
         raise InputError(f"method {args.method!r} does not estimate a bias field; drop --bias-field")
+    extras = {name: grid.with_array(unsq(np.asarray(a, np.float32) / (kp.scale if name.startswith("pilot") else 1.0)))
+              for name, a in result.extras.items() if np.shape(a) == tuple(kp.problem.image_shape)}
     # the zero-filled / gridding image plays the part of the measured "sodium" input
     inputs = {"sodium": grid.with_array(unsq(kp.problem.initial / kp.scale).astype(np.float32))}
     if ref is not None:
@@ -207,9 +212,14 @@ def cmd_reconstruct(args) -> int:
     run = RunOutput(output=output, bias_field=bias, metrics=metrics, method=args.method, preset=args.preset,
                     params=result.params, history=result.history, stop_rule=result.stop_rule,
                     stop_iteration=result.stop_iteration, iterations=result.iterations, seconds=info["seconds"],
-                    peak_memory_mb=info["peak_memory_mb"], extras={}, device=info["device"], seed=args.seed,
+                    peak_memory_mb=info["peak_memory_mb"], extras=extras, device=info["device"], seed=args.seed,
                     inputs=inputs, scale=kp.scale)
     paths = write_outputs(run, args.output, args.bias_field, args.metrics_json)
+    from .cli import report_paths
+
+    report = report_paths([run], args)
+    if report:
+        paths["report"] = report
     kinfo = {"kind": kp.kind, "coils": int(raw.n_coils), "coil_combination": kp.combination,
              "noise_sigma": kp.noise_sigma, "noise_source": kp.noise_source, "scale": kp.scale,
              "acceleration": kp.details.get("acceleration")}
