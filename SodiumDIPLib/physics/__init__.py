@@ -1,7 +1,10 @@
-"""Forward operators (image -> measurement) with adjoints, in torch."""
+"""Forward operators (image -> measurement) with adjoints, in torch.
+
+``base`` (LinearOperator, Identity) is all that denoising needs; the k-space operators live in
+``physics.cartesian`` (MultiCoilCartesian) and ``physics.radial`` (RadialNUFFT, needs finufft) and are
+imported from there, so that image-domain users (the Slicer module) never load a NUFFT library.
+"""
 
 from .base import Identity, LinearOperator
-from .cartesian import MultiCoilCartesian
-from .radial import RadialNUFFT, radial_trajectory
 
-__all__ = ["LinearOperator", "Identity", "MultiCoilCartesian", "RadialNUFFT", "radial_trajectory"]
+__all__ = ["LinearOperator", "Identity"]
