@@ -89,3 +89,44 @@ class BiasField(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return torch.exp(self.log_field())
+
+
+def proton_regression_init(image: np.ndarray, proton: np.ndarray, support: np.ndarray, basis: np.ndarray,
+                           bins: int = 8, smoothing_vox: float = 1.0, iterations: int = 8) -> np.ndarray:
+    """Starting bias coefficients from a robust fit log(smooth(image)) ~ B c + h(proton) over the support.
+
+    h is a piecewise-linear function of the proton intensity (``bins`` knots between its 1st and 99th
+    percentile): tissue that looks alike in the proton image is assumed to have alike sodium, and what varies
+    smoothly across the head on top of that is the receive bias. Huber-weighted iterative least squares, so
+    sodium-only findings (lesions) are outliers rather than bias. ``basis`` is :func:`legendre_basis`'s output.
+    Measured on the 7 T pair (degree 3, 8 bins): Pearson 0.79 with the measured bias naa_6/nav_7 (docs/method.md);
+    it fails where one proton intensity maps to several sodium levels (the phantom's dark CSF and dark skull).
+    """
+    from scipy import ndimage as ndi
+
+    support = np.asarray(support, bool)
+    s = ndi.gaussian_filter(np.asarray(image, float), smoothing_vox) if smoothing_vox > 0 else np.asarray(image, float)
+    vals = s[support]
+    t = np.log(np.maximum(vals, 1e-3 * max(vals.max(), 1e-12)))
+    pv = np.asarray(proton, float)[support]
+    lo, hi = np.percentile(pv, [1, 99])
+    if not hi > lo:
+        return np.zeros(basis.shape[0], np.float32)
+    u = np.clip((pv - lo) / (hi - lo) * (bins - 1), 0, bins - 1 - 1e-9)
+    i0 = u.astype(int)
+    f = u - i0
+    phi = np.zeros((pv.size, bins))
+    phi[np.arange(pv.size), i0] = 1 - f
+    phi[np.arange(pv.size), i0 + 1] += f
+    B = basis[:, support].T.astype(float)
+    design = np.concatenate([B, phi], 1)
+    w = np.ones(t.size)
+    coef = np.zeros(design.shape[1])
+    for _ in range(int(iterations)):
+        sw = np.sqrt(w)
+        coef = np.linalg.lstsq(design * sw[:, None], t * sw, rcond=None)[0]
+        r = t - design @ coef
+        scale = 1.4826 * np.median(np.abs(r)) + 1e-9
+        a = np.abs(r) / (1.345 * scale)
+        w = np.where(a <= 1, 1.0, 1.0 / np.maximum(a, 1e-12))
+    return coef[: B.shape[1]].astype(np.float32)

@@ -130,6 +130,18 @@ class DIPNet(nn.Module):
         self.head = _conv(dims, self.body.out_channels, out_channels, 1, 1, cfg.pad)
         self.depth = len(cfg.channels)
 
+    @torch.no_grad()
+    def init_output(self, level: float, weight_scale: float = 0.1) -> None:
+        """Start near a flat image of value ``level`` (e.g. the data's mean): shrink the last convolution and
+        set its bias so that the output non-linearity gives ``level``. Measured: reaches a given PSNR in
+        about half the iterations of the default init (docs/method.md)."""
+        level = max(float(level), 1e-3)
+        self.head.weight.mul_(weight_scale)
+        if self.config.output == "softplus":
+            self.head.bias.fill_(level + torch.log(-torch.expm1(torch.tensor(-level))).item())  # softplus^-1
+        else:
+            self.head.bias.fill_(level)
+
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         shape = tuple(inp.shape[2:])
         m = 2 ** self.depth

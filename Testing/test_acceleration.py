@@ -33,3 +33,19 @@ def test_bad_factors_and_methods():
         run_acceleration_benchmark(methods=("zero-filled",), factors=(0.5,), shape=(32, 32))
     with pytest.raises(InputError, match="k-space"):
         run_acceleration_benchmark(methods=("bm4d",), factors=(2,), shape=(32, 32))
+
+
+def test_benchmark_command_acceleration_mode(tmp_path, capsys):
+    import json
+
+    from SodiumDIPLib.cli import main
+
+    out = tmp_path / "acc.json"
+    code = main(["benchmark", "--acceleration", "2", "--methods", "zero-filled,tv", "--shape", "48x48",
+                 "--device", "cpu", "--quiet", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "fully sampled zero-filled" in text and "ssim_mask" in text
+    record = json.loads(out.read_text())
+    assert {r["method"] for r in record["rows"]} == {"zero-filled", "tv"}
+    assert main(["benchmark", "--acceleration", "0.5", "--methods", "tv", "--shape", "32x32"]) == 2

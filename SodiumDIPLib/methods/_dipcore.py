@@ -1,0 +1,405 @@
+"""The DIP optimisation loop shared by ``dip`` (plain) and ``dipfusion`` (guided, bias-corrected).
+
+One loop, every term behind its own weight (weight 0 removes the term and its cost):
+
+    L = D(A(b x), y)                                   Gaussian / Rician / noncentral-chi / k-space fidelity
+      + (w_dtv * mean dTV_xi(x) + w_gc * GC(x)) / sigma fused directional TV, gradient consistency
+      + w_bias * mean_support (log b)^2                 keeps the bias field small where the data allow
+
+x = f_theta(z) (DIP network, optional proton channel in z), b = exp(B c) (``SodiumDIPLib.bias``). The data
+term is in noise units (0.5 |r/sigma|^2 for Gaussian) and the priors are divided by sigma, so the weights
+mean the same at every noise level (TV denoising's lambda scales with sigma).
+
+The returned image is the bias-corrected EMA output x at the iteration chosen by the stopping rule.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import fidelity as fid
+from ..bias import BiasField
+from ..errors import Cancelled, InputError
+from ..networks import DIPNet, NetConfig, make_input
+from .base import MethodResult, Problem, RunContext
+
+
+class DeviceOutOfMemory(InputError, RuntimeError):
+    """The accelerator ran out of memory; the message says what to do (CPU or a smaller preset)."""
+
+
+def _guidance():
+    from .. import guidance  # written alongside; imported lazily so plain DIP never needs it
+
+    return guidance
+
+
+def _stopping():
+    from .. import stopping
+
+    return stopping
+
+
+def _classical_pilot(problem: Problem, ctx: RunContext, name: str):
+    """A fast classical pilot from a registered method ("tv": unguided, nothing of the proton leaks in;
+    "dtv": proton-guided directional TV). Returns (image, bias field or None): the variational methods
+    correct the receive bias (N4) and return it, which can seed the joint bias field."""
+    from .base import get_method
+
+    spec = get_method(name)
+    res = spec.run(problem, spec.parameters("fast"), RunContext(str(ctx.device), ctx.seed))
+    bias = None if res.bias_field is None else np.asarray(res.bias_field, np.float32)
+    return torch.from_numpy(np.asarray(res.image, np.float32)), bias
+
+
+def _project_log_bias(bias_field: np.ndarray, basis: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Coefficients c of the smooth basis whose exp(B c) is closest (least squares in log) to a given field."""
+    B = basis.reshape(basis.shape[0], -1)[:, support.ravel()].T
+    target = np.log(np.clip(bias_field, 1e-3, None)).ravel()[support.ravel()]
+    c, *_ = np.linalg.lstsq(B.astype(np.float64), target.astype(np.float64), rcond=None)
+    return c.astype(np.float32)
+
+
+def _as_list(value, name):
+    if isinstance(value, str):
+        value = [v for v in value.replace(",", " ").split() if v]
+    try:
+        return tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"parameter {name!r} expects a list of integers, got {value!r}") from None
+
+
+def _check(params: dict, key: str, lo=None, hi=None, allowed=None):
+    v = params[key]
+    if allowed is not None and v not in allowed:
+        raise InputError(f"parameter {key!r} must be one of {allowed}, got {v!r}")
+    if lo is not None and not (v >= lo):
+        raise InputError(f"parameter {key!r} must be >= {lo}, got {v!r}")
+    if hi is not None and not (v <= hi):
+        raise InputError(f"parameter {key!r} must be <= {hi}, got {v!r}")
+
+
+def validate(params: dict) -> None:
+    for key in ("weight_dtv", "weight_gc", "weight_bias", "lr", "input_scale", "reg_noise_std", "eps"):
+        _check(params, key, lo=0)
+    _check(params, "lr", lo=1e-8)
+    _check(params, "warm_lr", lo=1e-8)
+    _check(params, "iterations", lo=1)
+    _check(params, "gamma", lo=0, hi=0.999)
+    _check(params, "ema", lo=0, hi=0.9999)
+    _check(params, "eta_h", lo=1e-8)
+    _check(params, "eta_na", lo=1e-8)
+    _check(params, "w_h", lo=0)
+    _check(params, "w_na", lo=0)
+    _check(params, "bias_degree", lo=0, hi=6)
+    _check(params, "precision", allowed=("fp32", "bf16"))
+    _check(params, "stopping", allowed=("fixed", "wmv", "discrepancy"))
+    _check(params, "sodium_guide", allowed=("pilot", "output", "none"))
+    _check(params, "lr_schedule", allowed=("cosine", "none"))
+    _check(params, "fusion", allowed=("tensor", "sum"))
+    _check(params, "warm_start", lo=0)
+    _check(params, "bias_init", allowed=("none", "proton", "pilot"))
+    _check(params, "pilot", allowed=("smooth", "tv", "dtv"))
+    _check(params, "refresh_every", lo=1)
+
+
+def _psnr(x: np.ndarray, ref: np.ndarray, mask) -> float:
+    """PSNR inside ``mask`` with the reference's maximum there as peak (monitoring curves only)."""
+    if mask is not None and mask.any():
+        x, ref = x[mask], ref[mask]
+    mse = float(np.mean((x - ref) ** 2))
+    peak = float(np.max(ref))
+    return 10 * math.log10(peak * peak / mse) if mse > 0 and peak > 0 else float("inf")
+
+
+def run_dip(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> MethodResult:
+    """Fit the DIP model described by ``params`` (see dipfusion.PRESETS for every key) to ``problem``."""
+    validate(params)
+    try:
+        return _run(problem, params, ctx, method_name)
+    except torch.cuda.OutOfMemoryError:
+        raise DeviceOutOfMemory(
+            f"{method_name}: the GPU ran out of memory for an image of shape {tuple(problem.image_shape)} "
+            f"(network channels {params['channels']}); use --device cpu, the 'fast' preset or smaller "
+            f"'channels'") from None
+
+
+def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> MethodResult:
+    device = ctx.device
+    shape = tuple(int(n) for n in problem.image_shape)
+    dims = len(shape)
+    spacing = np.asarray(problem.spacing if problem.spacing else (1.0,) * dims, dtype=float)
+    rel_spacing = tuple(float(s) for s in spacing / spacing.min())  # gradients per finest voxel
+    y = problem.measurement.to(device)
+    op = problem.operator.to(device)
+    identity = op.is_identity
+    support_np = np.ones(shape, bool) if problem.support is None else np.asarray(problem.support, bool)
+    support = torch.from_numpy(support_np).to(device)
+    initial = np.abs(np.asarray(problem.initial, dtype=np.complex64 if np.iscomplexobj(problem.initial)
+                                else np.float32)).astype(np.float32)
+    if initial.shape != shape:
+        raise InputError(f"initial image shape {initial.shape} does not match image shape {shape}")
+
+    sigma = problem.noise_sigma
+    if sigma is None or not sigma > 0:
+        from ..support import estimate_noise_sigma
+
+        sigma = estimate_noise_sigma(initial) if identity else float(np.std(initial[~support_np])) or 0.05
+    sigma = float(sigma)
+
+    kind = fid.resolve_kind(params["fidelity"], problem.magnitude, identity, problem.n_channels)
+    n_ch = int(params.get("n_channels", 0)) or 0
+    if n_ch <= 0:
+        n_ch = problem.n_channels
+        if identity and problem.magnitude and kind in ("chi", "rician", "corrected_ls"):
+            n_ch = max(n_ch, fid.estimate_channels(initial, support_np, sigma))
+    if kind == "rician" and n_ch > 1:
+        kind = "chi"
+
+    # ---- reproducible construction: network init and z from the run's seed, global RNG untouched
+    gen = ctx.generator()
+    cfg = NetConfig(channels=_as_list(params["channels"], "channels"),
+                    skip_channels=_as_list(params["skip_channels"], "skip_channels"),
+                    input_channels=int(params["input_channels"]), upsample=params["upsample"],
+                    pad=params["pad"], norm=params["norm"], output=params["output"])
+    use_proton = problem.proton is not None
+    proton_t = None
+    if use_proton:
+        proton_t = _guidance().normalise_guide(np.asarray(problem.proton, np.float32), 99.9, support_np).to(device)
+    extra = 1 if (use_proton and params["proton_input"]) else 0
+    extra += 1 if params["pilot_input"] else 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        net = DIPNet(dims, cfg, extra_channels=extra)
+    if params["output_init"]:
+        net.init_output(float(np.mean(initial[support_np])) if support_np.any() else float(initial.mean()))
+    net = net.to(device)
+    z = make_input(shape, cfg.input_channels, gen, scale=params["input_scale"]).to(device)
+    if use_proton and params["proton_input"]:
+        z = torch.cat([z, proton_t[None, None]], dim=1)
+
+    bias = None
+    if params["bias_degree"] > 0:
+        bias = BiasField(shape, support_np, int(params["bias_degree"]), tuple(spacing))
+        if params["bias_init"] == "proton" and use_proton:
+            from ..bias import proton_regression_init
+
+            c0 = proton_regression_init(initial, np.asarray(problem.proton, np.float32), support_np,
+                                        bias.basis.numpy())
+            with torch.no_grad():
+                bias.coefficients.copy_(torch.from_numpy(c0))
+        bias = bias.to(device)
+
+    # ---- guidance: proton and sodium direction fields, fused
+    w_dtv, w_gc, w_bias = float(params["weight_dtv"]), float(params["weight_gc"]), float(params["weight_bias"])
+    G = _guidance() if (w_dtv > 0 or w_gc > 0 or params["sodium_guide"] != "none") else None
+    pilot = None
+    xi_h = xi = None
+    guide_na = params["sodium_guide"] if params["w_na"] > 0 else "none"
+    if params["pilot"] in ("tv", "dtv"):
+        if params["pilot"] == "dtv" and not use_proton:
+            raise InputError("pilot 'dtv' needs a proton volume; use pilot 'tv' or 'smooth'")
+        pilot, pilot_bias = _classical_pilot(problem, ctx, params["pilot"])
+        pilot = pilot.to(device)
+        if bias is not None and params["bias_init"] == "pilot" and pilot_bias is not None:
+            with torch.no_grad():  # start b where the pilot's bias correction left it
+                bias.coefficients.copy_(torch.from_numpy(
+                    _project_log_bias(pilot_bias, bias.basis.cpu().numpy(), support_np)).to(device))
+    elif G is not None or params["pilot_input"] or params["warm_start"] > 0:
+        G = _guidance()
+        pilot = G.pilot_estimate(initial, sigma_mm=float(params["pilot_sigma_mm"]), spacing=tuple(spacing),
+                                 device=device) if params["pilot_sigma_mm"] > 0 else torch.from_numpy(initial).to(device)
+    if w_dtv > 0:
+        if use_proton and params["w_h"] > 0:
+            xi_h = G.direction_field(proton_t, float(params["eta_h"]), rel_spacing)
+
+    def build_xi(sodium_img):
+        xi_na = None
+        if guide_na != "none":
+            s = G.normalise_guide(sodium_img, 99.9, support_np, device=device)
+            xi_na = G.direction_field(s, float(params["eta_na"]), rel_spacing)
+        if xi_h is not None and xi_na is not None:
+            return G.fuse_direction_fields(xi_h, xi_na, float(params["w_h"]), float(params["w_na"]),
+                                           params["fusion"])
+        return xi_h if xi_h is not None else xi_na
+
+    if w_dtv > 0:
+        xi = build_xi(pilot)
+
+    if params["pilot_input"]:
+        # the pilot as an input channel: the skips can pass it, the network learns what the data add to it
+        z = torch.cat([z, (pilot / pilot.max().clamp_min(1e-6))[None, None].to(device)], dim=1)
+
+    # gradient consistency target: gradients of the smoothed measurement (image domain)
+    gc_sigma = float(params["gc_sigma_vox"])
+    if w_gc > 0:
+        y_img = y if identity else op.adjoint(y)
+        y_img = y_img.abs() if torch.is_complex(y_img) else y_img
+        gy = G.gradient(G.gaussian_smooth(y_img.float(), gc_sigma), rel_spacing)
+
+    def model_data(img):
+        """A(b x) and its magnitude-domain expectation for GC/residuals."""
+        return op(img) if identity else op(img.to(torch.complex64))
+
+    # ---- optimiser
+    groups = [{"params": list(net.parameters()), "lr": float(params["lr"])}]
+    if bias is not None:
+        groups.append({"params": bias.parameters(), "lr": float(params["bias_lr"])})
+    opt = torch.optim.Adam(groups)
+    iterations = int(params["iterations"])
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+                if params["precision"] == "bf16" else nullcontext())
+
+    def forward(noise_std):
+        inp = z
+        if noise_std > 0:
+            pert = torch.randn(z.shape, generator=gen).to(device) * noise_std
+            if extra:
+                pert[:, cfg.input_channels:] = 0  # perturb the code, not the image channels
+            inp = z + pert
+        with autocast:
+            out = net(inp)
+        return out.float()[0, 0]
+
+    warm_cancelled = False
+    # warm start: fit the network to the pilot (cheap, no priors), so the main loop starts from an image
+    if params["warm_start"] > 0:
+        target = (pilot if pilot is not None else torch.from_numpy(initial).to(device)).detach()
+        for g in opt.param_groups[:1]:
+            g["lr"] = float(params["warm_lr"])
+        try:
+            for _ in range(int(params["warm_start"])):
+                ctx.check()
+                opt.zero_grad(set_to_none=True)
+                F.mse_loss(forward(float(params["reg_noise_std"])), target).backward()
+                opt.step()
+        except Cancelled:
+            warm_cancelled = True
+        for g, lr0 in zip(groups, base_lrs):
+            g["lr"] = lr0
+        opt = torch.optim.Adam(groups)  # fresh moments for the real objective
+
+    stopping = _stopping()
+    rule_name = params["stopping"]
+    if rule_name == "fixed":
+        rule = stopping.make_rule("fixed", n=iterations)
+    elif rule_name == "wmv":
+        rule = stopping.make_rule("wmv", window=int(params["stop_window"]), patience=int(params["stop_patience"]),
+                                  max_iterations=iterations)
+    else:
+        rule = stopping.make_rule("discrepancy", noise_variance=sigma * sigma, tau=float(params["stop_tau"]),
+                                  min_iterations=int(params["stop_min_iterations"]), max_iterations=iterations)
+
+    ema_decay = float(params["ema"])
+    ema = None
+    history = []
+    ref = None if problem.reference is None else np.asarray(problem.reference, np.float32)
+    psnr_mask = support_np if problem.support is not None else None
+    best_bias = None
+    stop_rule, stop_iteration, it_done = rule.name, 0, 0
+    cancelled = warm_cancelled
+    t0 = time.perf_counter()
+    refresh = int(params["refresh_every"])
+    reg_std = float(params["reg_noise_std"])
+    n_support = support.sum().clamp_min(1)
+
+    for it in range(0 if warm_cancelled else iterations):
+        try:
+            ctx.check()
+        except Cancelled:
+            cancelled = True
+            break
+        if params["lr_schedule"] == "cosine":
+            f = 0.5 * (1 + math.cos(math.pi * it / iterations))
+            for g, lr0 in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr0 * (float(params["lr_min_factor"]) + (1 - float(params["lr_min_factor"])) * f)
+        if w_dtv > 0 and guide_na == "output" and ema is not None and it % refresh == 0:
+            xi = build_xi(ema)
+        opt.zero_grad(set_to_none=True)
+        x = forward(reg_std)
+        b = bias() if bias is not None else None
+        bx = x * b if b is not None else x
+        pred = model_data(bx)
+        terms = {}
+        data = fid.negative_log_likelihood(pred, y, sigma, kind, n_ch)
+        terms["fidelity"] = data
+        loss = data
+        if w_dtv > 0:
+            terms["dtv"] = G.dtv(x, xi, float(params["gamma"]), float(params["eps"]), rel_spacing, reduction="mean")
+            loss = loss + w_dtv * terms["dtv"] / sigma
+        if w_gc > 0:
+            img = bx if identity else op.adjoint(pred).abs()
+            if identity and problem.magnitude:
+                img = fid.expected_magnitude(img, sigma, n_ch)  # compare like with like: y has a noise floor
+            gx = G.gradient(G.gaussian_smooth(img, gc_sigma), rel_spacing)
+            terms["gc"] = (gx - gy).abs().sum(0).mean()
+            loss = loss + w_gc * terms["gc"] / sigma
+        if bias is not None and w_bias > 0:
+            lb = bias.log_field()
+            terms["bias"] = (lb * lb * support).sum() / n_support
+            loss = loss + w_bias * terms["bias"]
+        loss.backward()
+        opt.step()
+
+        with torch.no_grad():
+            xd = x.detach()
+            ema = xd.clone() if (ema is None or ema_decay == 0) else ema.mul_(ema_decay).add_(xd, alpha=1 - ema_decay)
+            if identity:
+                model_mag = fid.expected_magnitude(bx.detach(), sigma, n_ch) if problem.magnitude else bx.detach()
+                resid = ((y - model_mag) ** 2 * support).sum() / n_support
+            else:
+                r = pred.detach() - y
+                resid = (r.real ** 2 + r.imag ** 2).mean() / (2 if torch.is_complex(r) else 1)
+        resid = float(resid)
+        entry = {"iteration": it, "loss": float(loss.detach()),
+                 "terms": {k: float(v.detach()) for k, v in terms.items()}, "residual_mse": resid,
+                 "seconds": time.perf_counter() - t0}
+        if ref is not None:
+            entry["psnr"] = _psnr(ema.cpu().numpy(), ref, psnr_mask)
+        history.append(entry)
+        it_done = it + 1
+        stop = rule.update(it, ema, entry["loss"], residual_mse=resid)
+        if bias is not None and rule.best_iteration == it:
+            best_bias = b.detach().clone()
+        ctx.report(it, loss=entry["loss"], **({"psnr": entry["psnr"]} if "psnr" in entry else {}),
+                   image=lambda e=ema: e.detach().cpu().numpy().copy())
+        if stop:
+            break
+
+    if cancelled or rule.best_output is None:
+        image = ema if (rule.best_output is None and ema is not None) else rule.best_output
+        stop_rule = "cancelled" if cancelled else rule.name
+        stop_iteration = max(rule.best_iteration, 0) if rule.best_output is not None else max(it_done - 1, 0)
+        if image is None:  # cancelled during the warm start: the network's current output
+            with torch.no_grad():
+                image = forward(0.0)
+    else:
+        image = rule.best_output
+        stop_rule = rule.name
+        stop_iteration = rule.best_iteration
+    if bias is not None and best_bias is None:
+        with torch.no_grad():
+            best_bias = bias()
+
+    out = image.detach().float().cpu().numpy().astype(np.float32)
+    extras = {}
+    if pilot is not None:
+        extras["pilot"] = pilot.detach().cpu().numpy().astype(np.float32)
+    if xi is not None:
+        extras["fused_field_magnitude"] = torch.sqrt((xi * xi).sum(0)).cpu().numpy().astype(np.float32)
+    result = MethodResult(image=out, iterations=it_done, stop_rule=stop_rule, stop_iteration=int(stop_iteration),
+                          bias_field=None if best_bias is None else best_bias.cpu().numpy().astype(np.float32),
+                          history=history, extras=extras, params=dict(params))
+    # What "auto" settings resolved to (kept out of params so a written parameter file reloads cleanly).
+    result.diagnostics = {"fidelity": kind, "n_channels": int(n_ch), "noise_sigma": sigma,
+                          "stop_reason": rule.reason if not cancelled else "cancelled by the user",
+                          "proton_used": bool(use_proton), "seconds_per_iteration":
+                          (time.perf_counter() - t0) / max(it_done, 1)}
+    return result

@@ -1,0 +1,65 @@
+"""``dipfusion``: DIP + fused proton/sodium directional TV + gradient consistency + joint bias field.
+
+The product's method (DESIGN section 5; what changed and why: docs/method.md). The loop is shared with plain
+DIP (``_dipcore.run_dip``); this module only fixes the parameters. Every parameter is in every preset:
+
+network     channels, skip_channels, input_channels, input_scale, reg_noise_std, upsample, pad, norm, output,
+            proton_input (proton image as an extra network input channel), pilot_input (the smoothed
+            measurement as another input channel), precision ("bf16" autocast / "fp32")
+optimiser   iterations (maximum), lr, lr_schedule ("cosine"/"none"), lr_min_factor, warm_start (steps fitting
+            the pilot before the real objective, at warm_lr), ema (output moving average decay, 0 = off)
+fidelity    fidelity ("auto": noncentral chi / Rician for magnitudes, Gaussian for k-space; or "gaussian",
+            "rician", "chi", "corrected_ls"), n_channels (0 = from the data's background floor)
+dTV         weight_dtv, gamma (0..0.999), eps, eta_h / eta_na (edge thresholds of the proton / sodium guides,
+            normalised intensity per voxel), w_h / w_na (fusion weights; w_na = 0 = proton-only dTV), fusion
+            ("tensor"/"sum"), sodium_guide ("pilot": smoothed data; "output": pilot, then the detached EMA
+            output every refresh_every iterations; "none"), pilot ("smooth": Gaussian-smoothed data, pilot_sigma_mm;
+            "tv": the registered isotropic-TV method's fast result), pilot_sigma_mm
+GC          weight_gc, gc_sigma_vox (smoothing before the gradients)
+bias field  bias_degree (0 = no bias field), bias_lr, weight_bias (ridge on log b), bias_init ("none": b = 1;
+            "proton": robust fit of log(smoothed data) = bias + function of the proton intensity; "pilot": the
+            bias field of a classical pilot (N4 inside tv/dtv) projected onto the smooth basis)
+pilot       pilot ("smooth": Gaussian-smoothed data; "tv" / "dtv": the registered classical method, fast preset),
+            pilot_input (the pilot as an extra network input channel), warm_start (steps fitting it first)
+stopping    stopping ("fixed", "wmv", "discrepancy"), stop_window, stop_patience, stop_tau, stop_min_iterations
+"""
+
+from __future__ import annotations
+
+from ._dipcore import run_dip
+from .base import Method, register
+
+COMMON = dict(
+    channels="16,32,64", skip_channels="4,4,4", input_channels=8, input_scale=1.0, output_init=True, reg_noise_std=0.03,
+    upsample="linear", pad="reflect", norm="batch", output="softplus", proton_input=True, pilot_input=False, precision="bf16",
+    iterations=300, lr=0.01, lr_schedule="cosine", lr_min_factor=0.1, warm_start=0, warm_lr=0.02, ema=0.95,
+    fidelity="auto", n_channels=0,
+    weight_dtv=0.3, gamma=0.95, eps=0.01, eta_h=0.05, eta_na=0.1, w_h=1.0, w_na=1.0, fusion="tensor",
+    sodium_guide="output", refresh_every=25, pilot="smooth", pilot_sigma_mm=6.0,
+    weight_gc=0.1, gc_sigma_vox=1.0,
+    bias_degree=3, bias_lr=0.01, weight_bias=0.0, bias_init="none",
+    stopping="fixed", stop_window=30, stop_patience=60, stop_tau=1.0, stop_min_iterations=50,
+)
+
+# Measured on the 48^3 head phantom (docs/method.md): a TV pilot, fitted first (warm start) and fed to the
+# network as an input channel, turns 22.0 dB after 200 steps into 29.3 dB; a proton-guided dTV pilot whose N4
+# bias field also seeds the joint bias field (bias_init="pilot") gives 32.07 dB, SSIM 0.989, lesion CRC 0.90.
+FUSION = dict(COMMON, pilot="dtv", bias_init="pilot", pilot_input=True, warm_start=150, lr=0.02)
+
+PRESETS = {
+    "fast": dict(FUSION, iterations=200),
+    "balanced": dict(FUSION, iterations=400),
+    "quality": dict(FUSION, channels="32,64,64,128", skip_channels="4,4,4,4", iterations=800, lr=0.01,
+                    precision="fp32"),
+}
+
+
+def run(problem, params, ctx):
+    return run_dip(problem, params, ctx, "dipfusion")
+
+
+register(Method(
+    name="dipfusion",
+    description="DIP-Fusion: deep image prior with fused proton+sodium directional TV, gradient consistency, "
+                "joint bias-field correction and a noise-floor-aware fidelity",
+    run=run, presets=PRESETS, supports_kspace=True, needs_proton=True))

@@ -1,0 +1,134 @@
+"""DIP-Fusion and plain DIP: terms, reproducibility, cancellation, k-space, and a small phantom quality floor."""
+
+import numpy as np
+import pytest
+import torch
+
+from SodiumDIPLib.errors import InputError
+from SodiumDIPLib.methods import RunContext, get_method
+from SodiumDIPLib.metrics import lesion_crc, psnr
+from SodiumDIPLib.phantom import make_phantom
+from SodiumDIPLib.physics.base import LinearOperator
+from SodiumDIPLib.pipeline import prepare_denoising
+
+TINY = dict(channels="4,8", skip_channels="2,2", input_channels=2, iterations=6, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def small_case():
+    case = make_phantom("head", seed=0, shape=(40, 40))
+    problem, scale, _ = prepare_denoising(case.sodium, case.proton, reference=case.sodium_truth,
+                                          mask=case.support, noise_sigma=case.noise_sigma)
+    return case, problem, scale
+
+
+def _run(problem, method="dipfusion", seed=0, cancel=None, **over):
+    spec = get_method(method)
+    params = spec.parameters("fast", over)
+    return spec.run(problem, params, RunContext("cpu", seed, should_cancel=cancel))
+
+
+def test_every_term_is_active_and_weight_zero_removes_it(small_case):
+    _, problem, _ = small_case
+    full = _run(problem, **TINY)
+    assert {"fidelity", "dtv", "gc"} <= set(full.history[-1]["terms"])
+    assert full.bias_field is not None and full.bias_field.shape == problem.image_shape
+    assert "fused_field_magnitude" in full.extras and "pilot" in full.extras
+    off = _run(problem, **dict(TINY, weight_dtv=0.0, weight_gc=0.0, bias_degree=0, pilot="smooth",
+                               pilot_input=False, warm_start=0, lr=0.01))
+    assert set(off.history[-1]["terms"]) == {"fidelity"}
+    assert off.bias_field is None
+    # a zero weight is the same as never having the term: identical to plain DIP with the same settings
+    plain = _run(problem, "dip", **dict(TINY, proton_input=True, fidelity="auto", output_init=True))
+    assert np.array_equal(off.image, plain.image)
+
+
+def test_bias_field_moves_and_keeps_its_scale(small_case):
+    _, problem, _ = small_case
+    res = _run(problem, **dict(TINY, iterations=15, bias_lr=0.05))
+    log_b = np.log(res.bias_field)
+    assert np.abs(log_b).max() > 1e-3  # the coefficients were trained
+    assert abs(log_b[problem.support].mean()) < 1e-4
+
+
+def test_same_seed_same_output_other_seed_differs(small_case):
+    _, problem, _ = small_case
+    a = _run(problem, seed=3, **TINY)
+    b = _run(problem, seed=3, **TINY)
+    c = _run(problem, seed=4, **TINY)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.bias_field, b.bias_field)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_cancel_returns_the_best_so_far(small_case):
+    _, problem, _ = small_case
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return calls["n"] > 4
+
+    res = _run(problem, cancel=cancel, **dict(TINY, iterations=50, warm_start=0))
+    assert res.stop_rule == "cancelled" and res.iterations == 4
+    assert res.image.shape == problem.image_shape and np.isfinite(res.image).all()
+    calls["n"] = 0  # cancelled inside the warm start: still an image, no main-loop iterations
+    res = _run(problem, cancel=cancel, **dict(TINY, iterations=50, warm_start=20))
+    assert res.stop_rule == "cancelled" and res.iterations == 0 and np.isfinite(res.image).all()
+
+
+def test_running_variance_rule_stops_early_and_says_so(small_case):
+    _, problem, _ = small_case
+    res = _run(problem, **dict(TINY, iterations=200, stopping="wmv", stop_window=3, stop_patience=2, lr=0.05,
+                               lr_schedule="none"))
+    assert res.stop_rule == "wmv"
+    assert res.iterations < 200 and res.stop_iteration < res.iterations
+
+
+def test_bad_parameters_are_input_errors(small_case):
+    _, problem, _ = small_case
+    with pytest.raises(InputError):
+        _run(problem, **dict(TINY, gamma=1.5))
+    with pytest.raises(InputError):
+        _run(problem, **dict(TINY, channels="4,x"))
+    with pytest.raises(InputError):
+        get_method("dipfusion").parameters("fast", {"no_such_parameter": 1})
+
+
+class _MaskedFFT(LinearOperator):
+    def __init__(self, shape, keep):
+        self.ishape, self.oshape, self.keep = tuple(shape), tuple(shape), keep
+
+    def forward(self, x):
+        return torch.fft.fft2(x, norm="ortho") * self.keep
+
+    def adjoint(self, y):
+        return torch.fft.ifft2(y * self.keep, norm="ortho")
+
+
+def test_kspace_operator_runs_and_fits_the_data(small_case):
+    case, problem, _ = small_case
+    shape = problem.image_shape
+    keep = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) < 0.5).to(torch.complex64)
+    op = _MaskedFFT(shape, keep)
+    truth = torch.from_numpy(np.asarray(problem.reference, np.float32))
+    y = op(truth.to(torch.complex64))
+    import dataclasses
+    kprob = dataclasses.replace(problem, measurement=y, operator=op, initial=op.adjoint(y).abs().numpy(),
+                                magnitude=False, noise_sigma=0.01)
+    res = _run(kprob, **dict(TINY, iterations=30, lr=0.03, warm_start=0, pilot_input=False, pilot="smooth"))
+    first, last = res.history[0]["terms"]["fidelity"], res.history[-1]["terms"]["fidelity"]
+    assert last < 0.5 * first
+
+
+def test_dipfusion_beats_plain_dip_and_keeps_the_lesion(small_case):
+    case, problem, scale = small_case
+    truth = case.sodium_truth.array
+    brain = case.brain.array.astype(bool)
+    lesion = case.lesion.array.astype(bool)
+    out = {}
+    for name in ("dip", "dipfusion"):
+        res = _run(problem, name, iterations=100, **({"warm_start": 100} if name == "dipfusion" else {}))
+        out[name] = np.asarray(res.image) * scale
+    p_dip, p_fus = psnr(out["dip"], truth, brain), psnr(out["dipfusion"], truth, brain)
+    assert p_fus > p_dip + 0.5, (p_dip, p_fus)
+    assert lesion_crc(out["dipfusion"], truth, lesion, brain) >= 0.6
