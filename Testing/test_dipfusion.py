@@ -39,7 +39,8 @@ def test_every_term_is_active_and_weight_zero_removes_it(small_case):
     assert set(off.history[-1]["terms"]) == {"fidelity"}
     assert off.bias_field is None
     # a zero weight is the same as never having the term: identical to plain DIP with the same settings
-    plain = _run(problem, "dip", **dict(TINY, proton_input=True, fidelity="auto", output_init=True))
+    plain = _run(problem, "dip", **dict(TINY, proton_input=get_method("dipfusion").presets["fast"]["proton_input"],
+                                        fidelity="auto", output_init=True))
     assert np.array_equal(off.image, plain.image)
 
 

@@ -270,8 +270,9 @@ def test_panel_values_and_overrides_use_the_real_presets():
     assert sc.panel_overrides(dtv, changed) == {"eta": dtv["eta"] * 2}, "only fields the method has"
     dipfusion = get_method("dipfusion").presets["balanced"]
     values = sc.panel_values(dipfusion)
-    over = sc.panel_overrides(dipfusion, dict(values, iterations=17, stopping="wmv", protonInput=False))
-    assert over == {"iterations": 17, "stopping": "wmv", "proton_input": False}
+    flipped = not dipfusion["proton_input"]
+    over = sc.panel_overrides(dipfusion, dict(values, iterations=17, stopping="wmv", protonInput=flipped))
+    assert over == {"iterations": 17, "stopping": "wmv", "proton_input": flipped}
     get_method("dipfusion").parameters("balanced", over)  # the engine accepts what the panel sends
 
 
