@@ -183,3 +183,12 @@ def write_text_atomic(text: str, path) -> Path:
             os.remove(tmp)
         raise
     return path
+
+
+def json_default(obj):
+    """``json.dumps(default=...)`` for what results hold: numpy scalars and arrays, paths; else its str()."""
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)

@@ -21,7 +21,7 @@ import torch
 
 from . import __version__
 from .errors import Cancelled, InputError
-from .io import check_output_path, validate_volume, write_text_atomic, write_volume
+from .io import check_output_path, json_default, validate_volume, write_text_atomic, write_volume
 from .methods import MethodResult, Problem, RunContext, get_method
 from .physics.base import Identity
 from .resample import resample_to_grid, same_grid
@@ -317,9 +317,9 @@ def write_outputs(run: RunOutput, output_path, bias_field_path=None, metrics_jso
             written.append(write_volume(run.bias_field, targets["bias_field"]))
         record = {"method": run.method, "preset": run.preset, "seed": run.seed, "device": run.device,
                   "version": run.version, "params": run.params}
-        written.append(write_text_atomic(json.dumps(record, indent=2, default=_json_default), params_path))
+        written.append(write_text_atomic(json.dumps(record, indent=2, default=json_default), params_path))
         if metrics_json is not None:
-            written.append(write_text_atomic(json.dumps(run.summary(), indent=2, default=_json_default), metrics_json))
+            written.append(write_text_atomic(json.dumps(run.summary(), indent=2, default=json_default), metrics_json))
     except BaseException:
         for path in written:  # all-or-nothing: a failure part-way removes what this call wrote
             Path(path).unlink(missing_ok=True)
@@ -329,16 +329,6 @@ def write_outputs(run: RunOutput, output_path, bias_field_path=None, metrics_jso
     if metrics_json is not None:
         paths["metrics_json"] = str(metrics_json)
     return paths
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def load_params_file(path) -> dict:

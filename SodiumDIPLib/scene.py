@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import InputError
+from .io import json_default
 from .volume import Volume, as_3d, ijk_to_ras_matrix, to_vtk_matrix, volume_from_ijk_to_ras
 
 #: Node attribute holding the JSON record of the run that produced a volume (method, preset, parameters).
@@ -107,7 +108,7 @@ def get_or_create_node(scene, class_name: str, name: str, node=None):
 
 def set_run_record(node, record: dict) -> None:
     """Keep the run's description (method, preset, parameters, metrics) on the node that holds its result."""
-    node.SetAttribute(RUN_ATTRIBUTE, json.dumps(record, default=_json_default, sort_keys=True))
+    node.SetAttribute(RUN_ATTRIBUTE, json.dumps(record, default=json_default, sort_keys=True))
 
 
 def get_run_record(node) -> Optional[dict]:
@@ -119,7 +120,7 @@ def get_run_record(node) -> Optional[dict]:
 
 def store_parameters(parameter_node, values: dict, key: str = LAST_RUN_PARAMETER) -> None:
     """Store a dict as JSON in a (vtkMRMLScriptedModuleNode) parameter node: it is saved with the scene."""
-    parameter_node.SetParameter(key, json.dumps(values, default=_json_default, sort_keys=True))
+    parameter_node.SetParameter(key, json.dumps(values, default=json_default, sort_keys=True))
 
 
 def load_parameters(parameter_node, key: str = LAST_RUN_PARAMETER) -> dict:
@@ -195,7 +196,7 @@ def flatten_metrics(metrics: dict, prefix: str = "") -> dict:
         if isinstance(value, dict):
             flat.update(flatten_metrics(value, name + "."))
         elif isinstance(value, (list, tuple)):
-            flat[name] = json.dumps(value, default=_json_default)
+            flat[name] = json.dumps(value, default=json_default)
         else:
             flat[name] = value
     return flat
@@ -232,7 +233,7 @@ def append_metrics_row(table_node, record: dict) -> int:
     metrics = flatten_metrics(record.get("metrics") or {})
     values = {
         "method": record.get("method", ""), "preset": record.get("preset", ""), "mode": record.get("mode", "volume"),
-        "parameters": json.dumps(record.get("params") or {}, default=_json_default, sort_keys=True),
+        "parameters": json.dumps(record.get("params") or {}, default=json_default, sort_keys=True),
         "stop_rule": record.get("stop_rule", ""), "iterations": record.get("iterations"),
         "seconds": record.get("seconds"),
     }
@@ -681,13 +682,3 @@ def _write_job(job: dict, folder: Path) -> Path:
     path = folder / "job.json"
     path.write_text(json.dumps(job, indent=2))
     return path
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)

@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError
+from ..io import json_default
 from .content import as_runs, gather
 from .figures import (bias_figure, curves_figure, extras_figure, field_figure, metrics_table_figure,
                       montage_figure, pilot_figure, point_text)
@@ -136,7 +137,7 @@ def make_report(runs, folder, point=None, point_space: str = "lps", title: Optio
             "figure_panels": boxes,
             "runs": [_summary(r, lab) for r, lab in zip(runs, content.labels)],
         }
-        (tmp / REPORT_FILES["json"]).write_text(json.dumps(record, indent=2, default=_json_default), encoding="utf-8")
+        (tmp / REPORT_FILES["json"]).write_text(json.dumps(record, indent=2, default=json_default), encoding="utf-8")
         _commit(tmp, folder, written)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -153,16 +154,6 @@ def _summary(run, label: str) -> dict:
                                                    "device", "seed", "version", "history")}
     out["label"] = label
     return out
-
-
-def _json_default(obj):
-    import numpy as np
-
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 def _commit(tmp: Path, folder: Path, written: dict) -> None:
