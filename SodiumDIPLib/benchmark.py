@@ -92,8 +92,11 @@ def phantom_case(shape=(48, 48, 48), seed: int = 0):
 
 
 def run_phantom(methods, preset="fast", seed=0, device="auto", shape=(48, 48, 48), params=None,
-                verbose=True) -> dict:
-    """Run ``methods`` on the head phantom; returns {method: record}. ``params``: {method: overrides}."""
+                verbose=True, runs: Optional[list] = None) -> dict:
+    """Run ``methods`` on the head phantom; returns {method: record}. ``params``: {method: overrides}.
+
+    runs: when a list is given, each method's result is appended to it as a pipeline.RunOutput (for reports).
+    """
     from .metrics import compute_metrics
     from .pipeline import run_method
 
@@ -119,10 +122,32 @@ def run_phantom(methods, preset="fast", seed=0, device="auto", shape=(48, 48, 48
             tb, sup = case.bias_field.array, case.support.array.astype(bool)
             rec["bias_corr_truth"] = float(np.corrcoef(result.bias_field[sup], tb[sup])[0, 1])
         rows[name] = rec
+        if runs is not None:
+            runs.append(_run_output(case, problem, scale, name, preset, seed, result, info, m))
         if verbose:
             print(f"  phantom {name}: psnr {rec['metrics'].get('psnr_mask', float('nan')):.2f} dB, "
                   f"{info['seconds']:.1f} s", flush=True)
     return rows
+
+
+def _run_output(case, problem, scale, name, preset, seed, result, info, metrics):
+    """A benchmark result as the pipeline's RunOutput, with the phantom's volumes as inputs (for reports)."""
+    from .pipeline import RunOutput
+
+    grid = case.sodium
+    on_grid = (lambda a: grid.with_array(np.asarray(a, np.float32)))
+    extras = {k: (on_grid(np.asarray(v) * (scale if k.startswith("pilot") else 1.0))
+                  if np.shape(v) == grid.shape else np.asarray(v)) for k, v in result.extras.items()}
+    inputs = {"sodium": grid, "reference": case.sodium_truth, "mask": case.brain, "lesion": case.lesion,
+              "proton_only": case.proton_only}
+    if problem.proton is not None:
+        inputs["proton_on_grid"] = on_grid(problem.proton)
+    return RunOutput(output=on_grid(np.asarray(result.image) * scale),
+                     bias_field=None if result.bias_field is None else on_grid(result.bias_field),
+                     metrics=metrics, method=name, preset=preset, params=result.params, history=result.history,
+                     stop_rule=result.stop_rule, stop_iteration=result.stop_iteration, iterations=result.iterations,
+                     seconds=info["seconds"], peak_memory_mb=info["peak_memory_mb"], extras=extras,
+                     device=info["device"], seed=seed, inputs=inputs, scale=scale)
 
 
 def _pick(m: dict) -> dict:
@@ -222,7 +247,8 @@ def run_speed(preset="fast", seed=0, device="auto", shape=(32, 32, 32), budget_s
 
 def run_benchmark(methods=None, data=None, preset: str = "fast", seed: int = 0, device: str = "auto",
                   shape=(48, 48, 48), speed: bool = False, speed_shape=(32, 32, 32),
-                  speed_budget_s: float = 300.0, params: Optional[dict] = None, verbose: bool = True) -> dict:
+                  speed_budget_s: float = 300.0, params: Optional[dict] = None, verbose: bool = True,
+                  runs: Optional[list] = None) -> dict:
     """Every method on the phantom (and the real pair when ``data`` is a folder); returns a JSON-ready dict.
 
     For quality against acceleration see SodiumDIPLib.acceleration (``sodiumdip benchmark --acceleration``).
@@ -230,7 +256,7 @@ def run_benchmark(methods=None, data=None, preset: str = "fast", seed: int = 0, 
     names, skipped = _available(list(methods) if methods else list(DEFAULT_METHODS))
     report = {"preset": preset, "seed": seed, "device": device, "threads": torch.get_num_threads(),
               "methods": names, "skipped": skipped, "phantom_shape": list(shape)}
-    report["phantom"] = run_phantom(names, preset, seed, device, shape, params, verbose)
+    report["phantom"] = run_phantom(names, preset, seed, device, shape, params, verbose, runs=runs)
     if data:
         report["real"] = run_real(data, names, preset, seed, device, params, verbose)
     if speed:
@@ -312,10 +338,19 @@ def cmd_benchmark(args) -> int:
             raise InputError(f"--params {args.params}: cannot read a JSON object of method -> overrides ({exc})")
         if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
             raise InputError(f"--params {args.params}: expected a JSON object {{method: {{parameter: value}}}}")
+    if args.report:  # a bad report folder fails now, not after the (long) benchmark
+        from .report.cli import check_report_folder
+
+        check_report_folder(args.report)
+    runs = [] if args.report else None
     report = run_benchmark(methods, args.data, args.preset, args.seed, args.device, shape=_shape(args.shape),
                            speed=args.speed, speed_shape=_shape(args.speed_shape), speed_budget_s=args.speed_budget,
-                           params=params, verbose=not args.quiet)
+                           params=params, verbose=not args.quiet, runs=runs)
     print(format_table(report))
+    if runs:
+        from .cli import report_paths
+
+        print(f"wrote report: {report_paths(runs, args)}")
     if args.json:
         from .io import write_text_atomic
 
@@ -344,4 +379,7 @@ def register_commands(subparsers) -> None:
     p.add_argument("--kspace-kind", dest="kspace_kind", default="cartesian", choices=("cartesian", "radial"))
     p.add_argument("--json", metavar="PATH", help="write the full report (with curves) as JSON")
     p.add_argument("--quiet", action="store_true")
+    from .report.cli import add_report_options
+
+    add_report_options(p)  # --report DIR: the phantom runs side by side (not used with --acceleration)
     p.set_defaults(func=cmd_benchmark)

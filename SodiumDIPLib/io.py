@@ -132,12 +132,12 @@ def check_output_path(path, role: str = "output") -> Path:
         raise InputError(f"{role} path {path}: folder {parent} does not exist")
     if path.is_dir():
         raise InputError(f"{role} path {path} is a folder; expected a file name")
-    if not _can_create_in(parent):
+    if not can_create_in(parent):
         raise InputError(f"{role} path {path}: folder {parent} is not writable")
     return path
 
 
-def _can_create_in(folder: Path) -> bool:
+def can_create_in(folder: Path) -> bool:
     """Whether a file can really be created in ``folder`` (os.access says yes to root everywhere)."""
     try:
         fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=folder)
@@ -171,7 +171,7 @@ def write_text_atomic(text: str, path) -> Path:
     """Write a text file (JSON, YAML) atomically."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir() or not _can_create_in(parent):
+    if not parent.is_dir() or not can_create_in(parent):
         raise InputError(f"cannot write {path}: folder {parent} does not exist or is not writable")
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=parent)
     try:

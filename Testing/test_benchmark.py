@@ -58,3 +58,18 @@ def test_bad_shape_is_an_input_error():
 
     with pytest.raises(InputError):
         benchmark._shape("4")
+
+
+def test_benchmark_writes_a_report(tmp_path, capsys):
+    from SodiumDIPLib.cli import main
+
+    code = main(["benchmark", "--methods", "tv,dtv", "--shape", "32x32", "--device", "cpu", "--quiet",
+                 "--report", str(tmp_path / "rep")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "tv" in html and "dtv" in html
+    assert (tmp_path / "rep" / "montage.png").exists()
+    (tmp_path / "a_file").write_text("x")
+    assert main(["benchmark", "--methods", "tv", "--shape", "32x32", "--report", str(tmp_path / "a_file")]) == 2
+    assert main(["benchmark", "--methods", "tv", "--shape", "32x32", "--report", "/proc/sodiumdip_report"]) == 2

@@ -36,7 +36,7 @@ def parse_point(text):
 
 def check_report_folder(folder) -> Path:
     """Refuse, before any long run, a report folder that cannot be created or written."""
-    import os
+    from ..io import can_create_in
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -44,7 +44,7 @@ def check_report_folder(folder) -> Path:
     parent = folder.parent if str(folder.parent) else Path(".")
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not os.access(parent, os.W_OK):
+    if not can_create_in(parent):  # os.access says yes to root everywhere
         raise InputError(f"--report {folder}: folder {parent} is not writable")
     return folder
 
