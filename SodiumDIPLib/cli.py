@@ -130,18 +130,25 @@ def _parse_shape(text: str) -> tuple:
     return parts
 
 
-def cmd_denoise(args) -> int:
-    from .io import check_output_path, read_volume
+def check_run_request(args):
+    """Check what the user can get wrong before a (long) run starts: output paths, method, preset, parameters.
+    Returns (method spec, overrides, full parameters). Shared by denoise and reconstruct."""
+    from .io import check_output_path
     from .methods import get_method
-    from .pipeline import denoise_volumes, write_outputs
 
-    # Everything the user can get wrong is checked before the (long) run starts.
     check_output_path(args.output)
     if args.bias_field:
         check_output_path(args.bias_field, "bias-field")
     spec = get_method(args.method)
     overrides = parse_overrides(args)
-    params = spec.parameters(args.preset, overrides)
+    return spec, overrides, spec.parameters(args.preset, overrides)
+
+
+def cmd_denoise(args) -> int:
+    from .io import read_volume
+    from .pipeline import denoise_volumes, write_outputs
+
+    spec, overrides, params = check_run_request(args)
     sodium = read_volume(args.sodium, "sodium")
     proton = read_optional(args.proton, "proton")
     reference = read_optional(args.reference, "reference")

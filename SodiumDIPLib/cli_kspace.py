@@ -138,19 +138,13 @@ def cmd_undersample(args) -> int:
 
 # ----------------------------------------------------------------------------------------------- reconstruct
 def cmd_reconstruct(args) -> int:
-    from .cli import parse_overrides, print_run_summary, progress_printer, read_optional
-    from .io import check_output_path, write_text_atomic
+    from .cli import check_run_request, print_run_summary, progress_printer, read_optional
+    from .io import write_text_atomic
     from .kspace import kspace_problem
-    from .methods import get_method
     from .pipeline import RunOutput, on_grid, compute_run_metrics, run_method, write_outputs
     from .rawio import read_raw
 
-    check_output_path(args.output)
-    if args.bias_field:
-        check_output_path(args.bias_field, "bias-field")
-    spec = get_method(args.method)
-    overrides = parse_overrides(args)
-    params = spec.parameters(args.preset, overrides)
+    spec, overrides, params = check_run_request(args)
     if not spec.supports_kspace:
         raise InputError(f"method {args.method!r} works on images only; it cannot reconstruct from k-space")
     raw = read_raw(args.input)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -148,22 +149,31 @@ def can_create_in(folder: Path) -> bool:
     return True
 
 
+@contextmanager
+def atomic_target(path, suffix: str = ""):
+    """Yield a temporary file path beside ``path``; renamed onto ``path`` when the block succeeds, removed when
+    it fails, so readers never see a half-written file. ``suffix`` keeps the format SimpleITK/numpy infer."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def write_volume(volume: Volume, path, compress: bool = True) -> Path:
     """Write ``volume`` (float32) to ``path`` atomically; the format follows the suffix."""
     import SimpleITK as sitk
 
     path = check_output_path(path)
     suffix = _suffix(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        image = to_sitk(volume.with_array(np.asarray(volume.array, dtype=np.float32)))
+    image = to_sitk(volume.with_array(np.asarray(volume.array, dtype=np.float32)))
+    with atomic_target(path, suffix) as tmp:
         sitk.WriteImage(image, tmp, useCompression=compress and suffix != ".nii")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 
@@ -173,15 +183,8 @@ def write_text_atomic(text: str, path) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir() or not can_create_in(parent):
         raise InputError(f"cannot write {path}: folder {parent} does not exist or is not writable")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_target(path, path.suffix) as tmp, open(tmp, "w") as fh:
+        fh.write(text)
     return path
 
 

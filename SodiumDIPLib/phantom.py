@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .io import atomic_target
 from .volume import Volume, to_sitk
 
 # Physical centre (LPS, mm) of every phantom's field of view: deliberately not the origin.
@@ -362,13 +362,5 @@ def write_case(case: PhantomCase, folder, fmt: str = "nrrd") -> dict:
 
 
 def _atomic(path: Path, write) -> None:
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path, "".join(path.suffixes) or ".tmp") as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

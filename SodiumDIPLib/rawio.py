@@ -16,8 +16,6 @@ field of view's centre, ISMRMRD's patient coordinates = DICOM LPS).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -25,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import InputError
+from .io import atomic_target
 
 NUMPY_SUFFIXES = (".npz", ".npy")
 ISMRMRD_SUFFIXES = (".h5", ".hdf5", ".mrd", ".ismrmrd")
@@ -188,15 +187,8 @@ def write_raw_npz(path, raw: RawData) -> Path:
     for key in ("spacing", "origin"):
         if getattr(raw, key) is not None:
             arrays[key] = np.asarray(getattr(raw, key), dtype=float)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=parent)
-    os.close(fd)
-    try:
+    with atomic_target(path, ".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 
