@@ -39,7 +39,7 @@ def run_acceleration_benchmark(methods=("zero-filled", "tv", "dtv", "dip", "dipf
     from .methods import get_method
     from .phantom import make_phantom
     from .physics.simulate import phantom_kspace
-    from .pipeline import run_method
+    from .pipeline import normalise_proton, run_method
     from .resample import resample_to_grid
 
     if kind not in ("cartesian", "radial"):
@@ -58,8 +58,7 @@ def run_acceleration_benchmark(methods=("zero-filled", "tv", "dtv", "dip", "dipf
     sim = phantom_kspace(case, n_coils=n_coils, kind=kind, seed=seed)
     truth = (case.sodium_truth.array * case.bias_field.array).astype(np.float32)
     brain = case.brain.array > 0
-    proton = resample_to_grid(case.proton, case.sodium).array
-    proton = proton / np.percentile(proton, 99.9)
+    proton = normalise_proton(resample_to_grid(case.proton, case.sodium).array)
     image_shape = truth.shape
     spacing = tuple(reversed(case.sodium.spacing))[-len(image_shape):]
 

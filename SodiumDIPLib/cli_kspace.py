@@ -141,7 +141,7 @@ def cmd_reconstruct(args) -> int:
     from .cli import check_run_request, print_run_summary, progress_printer, read_optional
     from .io import write_text_atomic
     from .kspace import kspace_problem
-    from .pipeline import RunOutput, on_grid, compute_run_metrics, run_method, write_outputs
+    from .pipeline import RunOutput, compute_run_metrics, normalise_proton, on_grid, run_method, write_outputs
     from .rawio import read_raw
 
     spec, overrides, params = check_run_request(args)
@@ -160,12 +160,7 @@ def cmd_reconstruct(args) -> int:
     ponly = read_optional(args.proton_only, "proton-only")
     if spec.needs_proton and proton is None:
         raise InputError(f"method {args.method!r} needs a proton volume (--proton)")
-    p = sq(on_grid(proton, grid, "proton", label=False))
-    if p is not None:
-        pscale = float(np.percentile(p, 99.9))
-        if pscale <= 0:
-            raise InputError("proton: no positive signal on the k-space grid; expected a registered proton image")
-        p = p / pscale
+    p = normalise_proton(sq(on_grid(proton, grid, "proton", label=False)))
     ref = sq(on_grid(reference, grid, "reference", label=False))
     user_mask = sq(on_grid(mask, grid, "mask", label=True))
     les = sq(on_grid(lesion, grid, "lesion", label=True))

@@ -11,7 +11,7 @@ background where the sodium signal is small) or ``"relu"`` or ``"none"``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn

@@ -22,7 +22,7 @@ import torch
 from . import __version__
 from .errors import Cancelled, InputError
 from .io import check_output_path, json_default, validate_volume, write_text_atomic, write_volume
-from .methods import MethodResult, Problem, RunContext, get_method
+from .methods import Problem, RunContext, get_method
 from .physics.base import Identity
 from .resample import resample_to_grid, same_grid
 from .support import estimate_noise_sigma, head_mask
@@ -168,7 +168,8 @@ def on_grid(vol: Optional[Volume], grid: Volume, role: str, label: bool) -> Opti
     """An optional companion volume (reference, mask) as an array on the sodium grid."""
     if vol is None:
         return None
-    validate_volume(vol, role) if not label else None
+    if not label:
+        validate_volume(vol, role)
     if vol.shape == grid.shape and same_grid(vol, grid, tol=1e-3):
         arr = vol.array
     else:
@@ -181,41 +182,43 @@ def on_grid(vol: Optional[Volume], grid: Volume, role: str, label: bool) -> Opti
     return arr.astype(bool) if label else arr.astype(np.float32)
 
 
+def normalise_proton(proton: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The proton image on the reconstruction grid scaled so its 99.9th percentile is 1 (None passes through)."""
+    if proton is None:
+        return None
+    pscale = float(np.percentile(proton, 99.9))
+    if pscale <= 0:
+        raise InputError("proton: no positive signal on the reconstruction grid; expected a registered proton image")
+    return proton / pscale
+
+
 def prepare_denoising(sodium: Volume, proton: Optional[Volume] = None, reference: Optional[Volume] = None,
                       mask: Optional[Volume] = None, lesion: Optional[Volume] = None,
                       proton_only: Optional[Volume] = None, noise_sigma: Optional[float] = None):
     """Validate inputs and build the normalised denoising Problem. Returns (problem, scale, inputs dict)."""
     validate_volume(sodium, "sodium")
-    if proton is not None:
-        validate_volume(proton, "proton")
     if sodium.ndim == 3 and 1 in sodium.shape:
         axis = sodium.shape.index(1)
         if axis != 0:
             raise InputError(f"sodium: a single slice must be the last image axis (k); got shape {sodium.shape}")
-    work = sodium
-    y = work.array.astype(np.float32)
+    y = sodium.array.astype(np.float32)
     squeeze = y.ndim == 3 and y.shape[0] == 1
     arr = y[0] if squeeze else y
     if min(arr.shape) < 8:
         raise InputError(f"sodium: image of shape {sodium.shape} is too small; expected at least 8 voxels per axis")
-    proton_grid = on_grid(proton, work, "proton", label=False) if proton is not None else None
-    ref = on_grid(reference, work, "reference", label=False)
-    user_mask = on_grid(mask, work, "mask", label=True)
-    les = on_grid(lesion, work, "lesion", label=True)
-    ponly = on_grid(proton_only, work, "proton-only", label=True)
+    proton_grid = on_grid(proton, sodium, "proton", label=False)
+    ref = on_grid(reference, sodium, "reference", label=False)
+    user_mask = on_grid(mask, sodium, "mask", label=True)
+    les = on_grid(lesion, sodium, "lesion", label=True)
+    ponly = on_grid(proton_only, sodium, "proton-only", label=True)
     sq = (lambda a: a[0] if (a is not None and squeeze) else a)
     support = sq(user_mask) if user_mask is not None else head_mask(arr)
     scale = float(np.percentile(arr[support], SCALE_PERCENTILE)) if support.any() else float(arr.max())
     if scale <= 0:
         raise InputError("sodium: no positive signal inside the object; expected a magnitude image")
     sigma = (noise_sigma if noise_sigma is not None else estimate_noise_sigma(arr)) / scale
-    p = sq(proton_grid)
-    if p is not None:
-        pscale = float(np.percentile(p, 99.9))
-        if pscale <= 0:
-            raise InputError("proton: no positive signal on the sodium grid; expected a registered proton image")
-        p = p / pscale
-    spacing = tuple(reversed(work.spacing[: arr.ndim] if arr.ndim == 2 else work.spacing))
+    p = normalise_proton(sq(proton_grid))
+    spacing = tuple(reversed(sodium.spacing[: arr.ndim]))
     problem = Problem(
         measurement=torch.from_numpy(np.ascontiguousarray(arr / scale)), operator=Identity(arr.shape),
         image_shape=arr.shape, spacing=spacing, initial=arr / scale, proton=p, support=support,
@@ -223,14 +226,14 @@ def prepare_denoising(sodium: Volume, proton: Optional[Volume] = None, reference
         reference=None if ref is None else sq(ref) / scale, lesion=sq(les), proton_only=sq(ponly))
     inputs = {"sodium": sodium}
     if proton_grid is not None:
-        inputs["proton_on_grid"] = work.with_array(proton_grid)
+        inputs["proton_on_grid"] = sodium.with_array(proton_grid)
     if ref is not None:
-        inputs["reference"] = work.with_array(ref)
-    inputs["mask"] = work.with_array((support[None] if squeeze else support).astype(np.uint8))
+        inputs["reference"] = sodium.with_array(ref)
+    inputs["mask"] = sodium.with_array((support[None] if squeeze else support).astype(np.uint8))
     if les is not None:
-        inputs["lesion"] = work.with_array(les.astype(np.uint8))
+        inputs["lesion"] = sodium.with_array(les.astype(np.uint8))
     if ponly is not None:
-        inputs["proton_only"] = work.with_array(ponly.astype(np.uint8))
+        inputs["proton_only"] = sodium.with_array(ponly.astype(np.uint8))
     return problem, scale, inputs
 
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.guidance import direction_field
 from SodiumDIPLib.methods import Problem, RunContext, get_method, list_methods
 from SodiumDIPLib.physics.base import Identity
 from SodiumDIPLib.physics.cartesian import MultiCoilCartesian

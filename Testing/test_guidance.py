@@ -1,6 +1,5 @@
 """Finite differences, direction fields, their fusion and the directional-TV prior (SodiumDIPLib.guidance)."""
 
-import math
 
 import numpy as np
 import pytest
