@@ -135,9 +135,9 @@ class DIPNet(nn.Module):
         """Start near a flat image of value ``level`` (e.g. the data's mean): shrink the last convolution and
         set its bias so that the output non-linearity gives ``level``. Measured: reaches a given PSNR in
         about half the iterations of the default init (docs/method.md)."""
-        level = max(float(level), 1e-3)
         self.head.weight.mul_(weight_scale)
         if self.config.output == "softplus":
+            level = max(float(level), 1e-3)
             self.head.bias.fill_(level + torch.log(-torch.expm1(torch.tensor(-level))).item())  # softplus^-1
         else:
             self.head.bias.fill_(level)

@@ -34,8 +34,8 @@ def test_every_term_is_active_and_weight_zero_removes_it(small_case):
     assert {"fidelity", "dtv", "gc"} <= set(full.history[-1]["terms"])
     assert full.bias_field is not None and full.bias_field.shape == problem.image_shape
     assert "fused_field_magnitude" in full.extras and "pilot" in full.extras
-    off = _run(problem, **dict(TINY, weight_dtv=0.0, weight_gc=0.0, bias_degree=0, pilot="smooth",
-                               pilot_input=False, warm_start=0, lr=0.01))
+    off = _run(problem, **dict(TINY, weight_dtv=0.0, weight_gc=0.0, bias_degree=0, pilot="smooth", residual=False,
+                               pilot_input=False, warm_start=0, lr=0.01, fidelity="auto"))
     assert set(off.history[-1]["terms"]) == {"fidelity"}
     assert off.bias_field is None
     # a zero weight is the same as never having the term: identical to plain DIP with the same settings
@@ -46,10 +46,29 @@ def test_every_term_is_active_and_weight_zero_removes_it(small_case):
 
 def test_bias_field_moves_and_keeps_its_scale(small_case):
     _, problem, _ = small_case
-    res = _run(problem, **dict(TINY, iterations=15, bias_lr=0.05))
+    start = _run(problem, **dict(TINY, iterations=1, lr=1e-8, bias_lr=1e-8))
+    res = _run(problem, **dict(TINY, iterations=40, bias_lr=0.02, weight_bias=0.0))
     log_b = np.log(res.bias_field)
-    assert np.abs(log_b).max() > 1e-3  # the coefficients were trained
+    assert np.abs(log_b - np.log(start.bias_field)).max() > 1e-3  # the refinement was trained
     assert abs(log_b[problem.support].mean()) < 1e-4
+    # the ridge on the refinement keeps b near its starting field
+    held = _run(problem, **dict(TINY, iterations=40, bias_lr=0.02, weight_bias=1e4))
+    drift = lambda r: np.abs(np.log(r.bias_field) - np.log(start.bias_field)).max()  # noqa: E731
+    assert drift(held) < 0.5 * drift(res)
+
+
+def test_residual_run_starts_at_the_pilot_model(small_case):
+    """x = pilot + f(z), b starting at the pilot's N4 field: b * x starts at the dTV pilot's b * x."""
+    _, problem, _ = small_case
+    res = _run(problem, **dict(TINY, iterations=1, lr=1e-8, bias_lr=1e-8))
+    dtv = get_method("dtv")
+    pilot = dtv.run(problem, dtv.parameters("fast"), RunContext("cpu", 0))
+    model, expected = res.image * res.bias_field, pilot.image * pilot.bias_field
+    err = np.abs(model - expected)[problem.support].max() / expected.max()
+    assert err < 0.02, err
+    # the bias-corrected image is the pilot's, up to the constant that pins mean log b = 0
+    ratio = (res.image / np.maximum(pilot.image, 1e-6))[problem.support & (pilot.image > 0.2 * pilot.image.max())]
+    assert np.std(ratio) / np.mean(ratio) < 0.02
 
 
 def test_same_seed_same_output_other_seed_differs(small_case):
@@ -73,7 +92,7 @@ def test_cancel_returns_the_best_so_far(small_case):
     assert res.stop_rule == "cancelled" and res.iterations == 4
     assert res.image.shape == problem.image_shape and np.isfinite(res.image).all()
     calls["n"] = 0  # cancelled inside the warm start: still an image, no main-loop iterations
-    res = _run(problem, cancel=cancel, **dict(TINY, iterations=50, warm_start=20))
+    res = _run(problem, cancel=cancel, **dict(TINY, iterations=50, warm_start=20, residual=False))
     assert res.stop_rule == "cancelled" and res.iterations == 0 and np.isfinite(res.image).all()
 
 
@@ -116,7 +135,8 @@ def test_kspace_operator_runs_and_fits_the_data(small_case):
     import dataclasses
     kprob = dataclasses.replace(problem, measurement=y, operator=op, initial=op.adjoint(y).abs().numpy(),
                                 magnitude=False, noise_sigma=0.01)
-    res = _run(kprob, **dict(TINY, iterations=30, lr=0.03, warm_start=0, pilot_input=False, pilot="smooth"))
+    res = _run(kprob, **dict(TINY, iterations=30, lr=0.03, warm_start=0, pilot_input=False, pilot="smooth",
+                             residual=False))
     first, last = res.history[0]["terms"]["fidelity"], res.history[-1]["terms"]["fidelity"]
     assert last < 0.5 * first
 
@@ -128,7 +148,7 @@ def test_dipfusion_beats_plain_dip_and_keeps_the_lesion(small_case):
     lesion = case.lesion.array.astype(bool)
     out = {}
     for name in ("dip", "dipfusion"):
-        res = _run(problem, name, iterations=100, **({"warm_start": 100} if name == "dipfusion" else {}))
+        res = _run(problem, name, iterations=100)
         out[name] = np.asarray(res.image) * scale
     p_dip, p_fus = psnr(out["dip"], truth, brain), psnr(out["dipfusion"], truth, brain)
     assert p_fus > p_dip + 0.5, (p_dip, p_fus)

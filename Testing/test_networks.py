@@ -128,3 +128,44 @@ def test_fidelity_rejects_bad_sigma_and_kind():
         fid.negative_log_likelihood(torch.ones(2), torch.ones(2), 0.0)
     with pytest.raises(InputError):
         fid.resolve_kind("poisson", True, True)
+
+
+def test_bias_start_field_is_rescaled_to_mean_log_zero_and_refined():
+    shape = (6, 8, 10)
+    support = np.zeros(shape, bool)
+    support[1:5, 1:7, 2:9] = True
+    bias = BiasField(shape, support, degree=2)
+    field = np.exp(np.linspace(-0.3, 0.5, int(np.prod(shape))).reshape(shape)).astype(np.float32)
+    factor = bias.set_start(field)
+    b = bias().detach().numpy()
+    assert abs(np.log(b)[support].mean()) < 1e-5
+    np.testing.assert_allclose(b * factor, field, rtol=1e-5)  # b * x is kept when x is multiplied by factor
+    with torch.no_grad():
+        bias.coefficients.add_(0.1)
+    assert not np.allclose(bias().detach().numpy(), b) and abs(bias.log_field()[torch.from_numpy(support)].mean()) < 1e-5
+
+
+def test_tissue_classes_separate_a_proton_intensity_shared_by_two_sodium_levels():
+    """One proton intensity, two sodium levels (the phantom's dark CSF and dark skull): with sodium classes the
+    regression finds the smooth bias; from the proton intensity alone it cannot."""
+    from SodiumDIPLib.bias import proton_regression_init
+
+    rng = np.random.default_rng(0)
+    shape = (24, 24, 24)
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    support = zz ** 2 + yy ** 2 + xx ** 2 < 0.9
+    tissue = rng.integers(0, 3, size=(6, 6, 6)).repeat(4, 0).repeat(4, 1).repeat(4, 2)
+    proton = np.choose(tissue, [0.2, 0.2, 1.0])  # classes 0 and 1 look alike in the proton image
+    sodium = np.choose(tissue, [20.0, 140.0, 40.0])
+    log_bias = 0.3 * xx + 0.2 * yy * zz
+    log_bias -= log_bias[support].mean()
+    image = sodium * np.exp(log_bias) * (1 + 0.02 * rng.standard_normal(shape))
+    basis = legendre_basis(shape, support, degree=3)
+    corr = {}
+    for classes in (1, 4):
+        c = proton_regression_init(image, proton, support, basis, classes=classes, smoothing_vox=0.0)
+        est = np.tensordot(c, basis, 1)
+        corr[classes] = np.corrcoef(est[support], log_bias[support])[0, 1]
+    assert corr[4] > 0.9 and corr[4] > corr[1] + 0.2, corr
+    with pytest.raises(InputError):
+        proton_regression_init(image, proton, support, basis, classes=0)
