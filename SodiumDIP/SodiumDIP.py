@@ -124,7 +124,7 @@ class SodiumDIPParameterNode:
     useAdvanced: bool = False
     weightDtv: Annotated[float, WithinRange(0, 100)] = 0.3
     weightGc: Annotated[float, WithinRange(0, 100)] = 0.1
-    weightBias: Annotated[float, WithinRange(0, 100)] = 0.0
+    weightBias: Annotated[float, WithinRange(0, 100000)] = 1000.0
     biasDegree: Annotated[int, WithinRange(0, 8)] = 3
     lambdaSigma: Annotated[float, WithinRange(0, 20)] = 0.75
     gamma: Annotated[float, WithinRange(0, 0.999)] = 0.95

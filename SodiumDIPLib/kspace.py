@@ -115,7 +115,13 @@ def _hann_window(shape, size_per_axis) -> np.ndarray:
 
 
 def calibration_images(kspace: np.ndarray, mask: np.ndarray, calibration: Optional[int] = None) -> np.ndarray:
-    """Low-resolution coil images from the fully sampled k-space centre (Hann-tapered), (coils, *shape)."""
+    """Low-resolution coil images from the fully sampled k-space centre (Hann-tapered), (coils, *shape).
+
+    The Hann taper is two lines wider than the calibration block, so every calibration line keeps a non-zero
+    weight (a taper of the block's own width zeroes its outer lines: with the 4-line block of a 32^3 R = 4 mask
+    only 3 lines remained and the Walsh maps missed 18% of the coil images' energy in the brain, against 10%
+    with the wider taper; dtv at R = 4: 27.23 -> 27.60 dB, measured with /work/exp/k_sens.py).
+    """
     shape = kspace.shape[1:]
     c = calibration_size(mask) if calibration is None else int(calibration)
     full_pe = mask.any(axis=-1).all()
@@ -124,7 +130,7 @@ def calibration_images(kspace: np.ndarray, mask: np.ndarray, calibration: Option
     if c < 4:
         raise InputError(f"the sampling mask has a fully sampled centre of only {c} line(s); at least 4 are needed "
                          "to estimate coil sensitivities (give sensitivities, or sample a calibration region)")
-    win = _hann_window(shape, [c] * (len(shape) - 1) + [shape[-1]])
+    win = _hann_window(shape, [c + 2] * (len(shape) - 1) + [shape[-1]])
     return ifftc_np(kspace * mask * win, len(shape))
 
 
@@ -219,6 +225,7 @@ def kspace_problem(kspace, mask=None, trajectory=None, image_shape: Optional[tup
             raise InputError("coil sensitivities contain NaN or infinite values")
         sens = sens.astype(np.complex64)
         combination = "given"
+        cal = None  # given maps: the phase reference is the zero-filled image (see absorb_phase below)
     else:
         if kind == "cartesian":
             cal = calibration_images(k, m, calibration)
@@ -233,7 +240,14 @@ def kspace_problem(kspace, mask=None, trajectory=None, image_shape: Optional[tup
     init = op.zero_filled(y).numpy()
     phase = None
     if absorb_phase:
-        smooth = ndi.gaussian_filter(init.real, 2.0) + 1j * ndi.gaussian_filter(init.imag, 2.0)
+        # phase reference: with estimated maps, the calibration images combined with them (= the Walsh combined
+        # low-resolution image, smooth phase, free of aliasing); the aliased zero-filled image's phase left the
+        # real image model unable to fit the data (dtv at R = 4 on the 32^3 phantom: 26.64 dB with it, 27.23
+        # with the calibration phase, 27.22 with no phase absorbed). Given maps need not match a low-resolution
+        # image's phase (a blurred coil image is not the map times the blurred object where the maps' phase
+        # turns fast), so they keep the zero-filled image's phase.
+        ref_img = init if cal is None else (sens.conj() * cal).sum(0)
+        smooth = ndi.gaussian_filter(ref_img.real, 2.0) + 1j * ndi.gaussian_filter(ref_img.imag, 2.0)
         phase = np.angle(smooth).astype(np.float32)
         sens = (sens * np.exp(1j * phase)[None]).astype(np.complex64)
         dcf_now = op.dcf if kind == "radial" else None

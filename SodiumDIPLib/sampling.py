@@ -25,8 +25,19 @@ def _check_r(acceleration) -> float:
     return r
 
 
+def default_density_power(acceleration: float) -> float:
+    """Variable-density power used by cartesian_mask when none is given: max(1, log2(R) - 1).
+
+    1 up to R = 4, rising to 2 at R = 8 (a flatter density keeps more outer k-space where the data still carry
+    information, a steeper one protects the centre when few lines are kept). Measured with dtv on the 32^3
+    4-coil head phantom, mean of mask seeds 0-2 (/work/exp/k_var.py): power 1 vs 2 = 31.08 vs 30.69 dB at
+    R = 2, 27.94 vs 27.44 at R = 4, 23.13 vs 23.77 at R = 8.
+    """
+    return max(1.0, math.log2(_check_r(acceleration)) - 1.0)
+
+
 def cartesian_mask(image_shape: tuple, acceleration: float, seed: int = 0, calibration: Optional[int] = None,
-                   power: float = 2.0) -> np.ndarray:
+                   power: Optional[float] = None) -> np.ndarray:
     """Boolean sampling mask of shape ``image_shape`` sampling about 1/R of the phase encodes.
 
     image_shape: (y, x) or (z, y, x); the last axis (x) is the readout and always fully sampled.
@@ -36,7 +47,8 @@ def cartesian_mask(image_shape: tuple, acceleration: float, seed: int = 0, calib
                   phase-encode size, at least 4 lines, at most half the lines kept in total; a given size is
                   reduced only when it exceeds the lines kept).
     power:        variable density: the probability of a phase encode at normalised distance d from the
-                  centre (0..1) is proportional to (1 - d)^power (higher = more weight on the centre).
+                  centre (0..1) is proportional to (1 - d)^power (higher = more weight on the centre); default
+                  ``default_density_power(R)``.
     The number of phase encodes kept is round(n_phase_encodes / R); the achieved factor is
     ``mask_acceleration(mask)``.
     """
@@ -47,6 +59,8 @@ def cartesian_mask(image_shape: tuple, acceleration: float, seed: int = 0, calib
     pe_shape = shape[:-1]
     n_pe = int(np.prod(pe_shape))
     n_keep = max(1, int(round(n_pe / r)))
+    if power is None:
+        power = default_density_power(r)
     if power < 0:
         raise InputError(f"variable-density power must be >= 0, got {power}")
     # calibration centre: a square (or line run) of side c per phase-encode axis, small enough to leave

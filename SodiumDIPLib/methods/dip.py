@@ -11,8 +11,8 @@ from ._dipcore import run_dip
 from .base import Method, register
 from .dipfusion import COMMON
 
-PLAIN = dict(COMMON, proton_input=False, fidelity="gaussian", weight_dtv=0.0, weight_gc=0.0, bias_degree=0,
-             sodium_guide="none", w_na=0.0, warm_start=0)
+PLAIN = dict(COMMON, proton_input=False, fidelity="gaussian", weight_dtv=0.0, kspace_weight_dtv=0.0, weight_gc=0.0,
+             bias_degree=0, sodium_guide="none", w_na=0.0, warm_start=0)
 
 PRESETS = {
     "fast": dict(PLAIN, iterations=200),

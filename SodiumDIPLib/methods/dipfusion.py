@@ -10,7 +10,7 @@ optimiser   residual (x = pilot + f(z): start at the pilot exactly), iterations 
             the pilot before the real objective, at warm_lr), ema (output moving average decay, 0 = off)
 fidelity    fidelity ("auto": noncentral chi / Rician for magnitudes, Gaussian for k-space; or "gaussian",
             "rician", "chi", "corrected_ls"), n_channels (0 = from the data's background floor)
-dTV         weight_dtv, gamma (0..0.999), eps, eta_h / eta_na (edge thresholds of the proton / sodium guides,
+dTV         weight_dtv (kspace_weight_dtv for k-space data), gamma (0..0.999), eps, eta_h / eta_na (edge thresholds of the proton / sodium guides,
             normalised intensity per voxel), w_h / w_na (fusion weights; w_na = 0 = proton-only dTV), fusion
             ("tensor"/"sum"), sodium_guide ("pilot": smoothed data; "output": pilot, then the detached EMA
             output every refresh_every iterations; "none"), pilot ("smooth": Gaussian-smoothed data, pilot_sigma_mm;
@@ -34,7 +34,7 @@ COMMON = dict(
     upsample="linear", pad="reflect", norm="batch", output="softplus", proton_input=True, pilot_input=False, precision="bf16",
     iterations=300, lr=0.01, lr_schedule="cosine", lr_min_factor=0.1, warm_start=0, warm_lr=0.02, ema=0.95,
     fidelity="auto", n_channels=0,
-    weight_dtv=0.3, gamma=0.95, eps=0.01, eta_h=0.05, eta_na=0.1, w_h=1.0, w_na=1.0, fusion="tensor",
+    weight_dtv=0.3, kspace_weight_dtv=0.02, gamma=0.95, eps=0.01, eta_h=0.05, eta_na=0.1, w_h=1.0, w_na=1.0, fusion="tensor",
     sodium_guide="output", refresh_every=25, pilot="smooth", pilot_sigma_mm=6.0,
     weight_gc=0.1, gc_sigma_vox=1.0,
     bias_degree=3, bias_lr=0.01, weight_bias=0.0, bias_init="none", bias_classes=4,
