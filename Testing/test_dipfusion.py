@@ -139,6 +139,11 @@ def test_kspace_operator_runs_and_fits_the_data(small_case):
                              residual=False))
     first, last = res.history[0]["terms"]["fidelity"], res.history[-1]["terms"]["fidelity"]
     assert last < 0.5 * first
+    # in k-space the prior has its own weight: 0 removes the term even with the image-domain weight on
+    off = _run(kprob, **dict(TINY, iterations=2, pilot="smooth", kspace_weight_dtv=0.0, weight_dtv=0.3))
+    assert "dtv" not in off.history[-1]["terms"]
+    plain = _run(kprob, "dip", **dict(TINY, iterations=2))
+    assert set(plain.history[-1]["terms"]) == {"fidelity"}
 
 
 def test_dipfusion_beats_plain_dip_and_keeps_the_lesion(small_case):
