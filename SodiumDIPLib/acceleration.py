@@ -28,12 +28,13 @@ def _score(image: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> dict:
 def run_acceleration_benchmark(methods=("zero-filled", "tv", "dtv", "dip", "dipfusion"), factors=DEFAULT_FACTORS,
                                shape=(32, 32, 32), n_coils: int = 4, kind: str = "cartesian", preset: str = "fast",
                                seed: int = 0, device: str = "auto", snr: float = 10.0,
-                               on_row: Optional[Callable[[dict], None]] = None) -> dict:
+                               on_row: Optional[Callable[[dict], None]] = None, params: Optional[dict] = None) -> dict:
     """Reconstruct the built-in head phantom's simulated k-space at each factor R with each method.
 
     kind: "cartesian" (variable-density phase-encode masks) or "radial" (spoke subsets; the floor method is
     then "gridding"). Returns {"rows": [...], "full": {...}, "setup": {...}}; each row holds R (requested
     and achieved), method, PSNR/SSIM/NRMSE in the brain mask, seconds, iterations and stopping rule.
+    params: {method: parameter overrides} on top of the preset.
     """
     from .kspace import kspace_problem, undersample_case
     from .methods import get_method
@@ -75,7 +76,7 @@ def run_acceleration_benchmark(methods=("zero-filled", "tv", "dtv", "dip", "dipf
         kp = problem_for(uc.kspace, mask=uc.mask, trajectory=uc.trajectory)
         for spec in specs:
             started = time.perf_counter()
-            result, info = run_method(kp.problem, spec.name, preset, None, seed, device)
+            result, info = run_method(kp.problem, spec.name, preset, (params or {}).get(spec.name), seed, device)
             image = np.abs(np.asarray(result.image)) / kp.scale
             if result.bias_field is not None:  # score b * x: the same image every method is asked for
                 image = image * np.asarray(result.bias_field)

@@ -303,6 +303,19 @@ def _shape(text: str):
     return tuple(parts)
 
 
+def _params_file(path) -> Optional[dict]:
+    """``--params FILE``: a JSON object {method: {parameter: value}} (None without the option)."""
+    if not path:
+        return None
+    try:
+        params = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--params {path}: cannot read a JSON object of method -> overrides ({exc})") from None
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise InputError(f"--params {path}: expected a JSON object {{method: {{parameter: value}}}}")
+    return params
+
+
 def cmd_acceleration(args, methods) -> int:
     """`benchmark --acceleration R,R,...`: quality against R for every method on the phantom's k-space."""
     from .acceleration import DEFAULT_FACTORS, format_acceleration_table, run_acceleration_benchmark
@@ -318,6 +331,7 @@ def cmd_acceleration(args, methods) -> int:
     result = run_acceleration_benchmark(
         methods=methods or ("zero-filled", "tv", "dtv", "dip", "dipfusion"), factors=factors, shape=shape,
         n_coils=args.coils, kind=args.kspace_kind, preset=args.preset, seed=args.seed, device=args.device,
+        params=_params_file(args.params),
         on_row=None if args.quiet else (lambda row: print(f"  R={row['R']:g} {row['method']}: "
                                                            f"{row['psnr_mask']:.2f} dB, {row['seconds']:.1f} s",
                                                            flush=True)))
@@ -334,14 +348,7 @@ def cmd_benchmark(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     if args.acceleration is not None:
         return cmd_acceleration(args, methods)
-    params = None
-    if args.params:
-        try:
-            params = json.loads(Path(args.params).read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--params {args.params}: cannot read a JSON object of method -> overrides ({exc})")
-        if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
-            raise InputError(f"--params {args.params}: expected a JSON object {{method: {{parameter: value}}}}")
+    params = _params_file(args.params)
     if args.report:  # a bad report folder fails now, not after the (long) benchmark
         from .report.cli import check_report_folder
 

@@ -145,6 +145,17 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
 
         sigma = estimate_noise_sigma(initial) if identity else float(np.std(initial[~support_np])) or 0.05
     sigma = float(sigma)
+    if not identity:
+        from .tv import DensityWeighted, density_weights
+
+        weights = density_weights(op)
+        if weights is not None:
+            # non-Cartesian data: fit the density-compensated residual |W^1/2 (A x - y)| with the gridded
+            # image's noise level, as tv/dtv do (docs/nufft.md): the plain residual is dominated by the densely
+            # sampled centre (radial 32^3 R = 4: docs/method.md)
+            sw = torch.sqrt(weights.to(device))
+            op, y = DensityWeighted(op, sw), sw * y
+            sigma = sigma * math.sqrt(float((weights.double() ** 2).sum()) / float(np.prod(shape)))
 
     kind = fid.resolve_kind(params["fidelity"], problem.magnitude, identity, problem.n_channels)
     n_ch = int(params.get("n_channels", 0)) or 0

@@ -194,7 +194,7 @@ def density_weights(op) -> Optional[torch.Tensor]:
     return None if w is None else torch.as_tensor(w, dtype=torch.float32)
 
 
-class _DensityWeighted(LinearOperator):
+class DensityWeighted(LinearOperator):
     """W^1/2 A for an operator A and per-sample weights sqrt(w) (broadcast over coils)."""
 
     def __init__(self, op, sqrt_weights: torch.Tensor):
@@ -234,7 +234,7 @@ def solve_variational(problem: Problem, params: dict, ctx: RunContext, xi: Optio
         # (24.4); weighted: 27.8 at 60 (converged). The weight's sigma is the gridded image's noise,
         # sigma sqrt(sum w^2 / n_voxels) (orthonormal NUFFT scaling, unit root-sum-of-squares maps).
         sw = torch.sqrt(weights.to(dev))
-        op = _DensityWeighted(op, sw)
+        op = DensityWeighted(op, sw)
         y = sw * y
         sigma = sigma * math.sqrt(float((weights.double() ** 2).sum()) / float(np.prod(problem.image_shape)))
     la = 1.0 if identity else operator_norm(op, problem.image_shape, device=dev)
