@@ -105,6 +105,19 @@ class BiasField(nn.Module):
         return torch.exp(self.log_field())
 
 
+def _kmeans_1d(values: np.ndarray, k: int, iterations: int = 30) -> np.ndarray:
+    """Labels 0..k-1 of 1D values by k-means (Lloyd), started at the k quantile midpoints: thresholds fall in the
+    gaps between tissue levels, where quantile bins would cut through a tissue (e.g. grey matter)."""
+    centres = np.quantile(values, (np.arange(k) + 0.5) / k)
+    for _ in range(iterations):
+        label = np.argmin(np.abs(values[:, None] - centres[None]), 1)
+        new = np.array([values[label == j].mean() if (label == j).any() else centres[j] for j in range(k)])
+        if np.allclose(new, centres):
+            break
+        centres = new
+    return np.argmin(np.abs(values[:, None] - centres[None]), 1)
+
+
 def proton_regression_init(image: np.ndarray, proton: np.ndarray, support: np.ndarray, basis: np.ndarray,
                            bins: int = 8, smoothing_vox: float = 1.0, iterations: int = 8, classes: int = 1,
                            rounds: int = 4) -> np.ndarray:
@@ -114,12 +127,12 @@ def proton_regression_init(image: np.ndarray, proton: np.ndarray, support: np.nd
     percentile), one per sodium intensity class: tissue that looks alike in the proton image AND falls in the
     same sodium class is assumed to have alike sodium; what varies smoothly across the head on top of that is the
     receive bias (tissue-class-conditioned bias estimation, as in EM segmentation-based correction). ``classes``
-    (1..8): sodium classes, quantiles of the bias-corrected log intensity, re-drawn over ``rounds`` rounds
+    (1..8): sodium classes, k-means of the bias-corrected log intensity, re-drawn over ``rounds`` rounds
     (classes = 1: proton intensity alone). Huber-weighted iterative least squares, so sodium-only findings are
     outliers rather than bias. ``basis`` is :func:`legendre_basis`'s output.
     Measured (degree 3, 8 bins; Pearson with the true / measured bias; docs/method.md): proton alone 0.20 on the
     48^3 phantom (its dark CSF and dark skull share one proton intensity) and 0.79 on the 7 T pair (naa_6 vs
-    naa_6/nav_7); 4 classes 0.85 and 0.82; N4 0.98 and 0.03.
+    naa_6/nav_7); 4 k-means classes 0.987 and 0.776 (4 quantile classes: 0.85 and 0.82); N4 0.98 and 0.03.
     """
     from scipy import ndimage as ndi
 
@@ -141,8 +154,7 @@ def proton_regression_init(image: np.ndarray, proton: np.ndarray, support: np.nd
     log_b = np.zeros(t.size)
     coef = np.zeros(B.shape[1])
     for _ in range(int(rounds) if classes > 1 else 1):
-        corrected = t - log_b
-        label = np.searchsorted(np.quantile(corrected, np.linspace(0, 1, int(classes) + 1)[1:-1]), corrected)
+        label = _kmeans_1d(t - log_b, int(classes))
         phi = np.zeros((pv.size, bins * int(classes)))
         phi[rows, label * bins + i0] = 1 - f
         phi[rows, label * bins + i0 + 1] += f

@@ -98,6 +98,7 @@ def validate(params: dict) -> None:
     _check(params, "warm_start", lo=0)
     _check(params, "bias_init", allowed=("none", "proton", "pilot"))
     _check(params, "bias_classes", lo=1, hi=8)
+    _check(params, "bias_bins", lo=2, hi=64)
     _check(params, "pilot", allowed=("smooth", "tv", "dtv"))
     _check(params, "refresh_every", lo=1)
 
@@ -197,14 +198,16 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
 
     bias = None
     if params["bias_degree"] > 0:
-        bias = BiasField(shape, support_np, int(params["bias_degree"]), tuple(spacing))
-        if params["bias_init"] == "proton" and use_proton:
-            from ..bias import proton_regression_init
+        bias = BiasField(shape, support_np, int(params["bias_degree"]), tuple(spacing)).to(device)
 
-            c0 = proton_regression_init(initial, np.asarray(problem.proton, np.float32), support_np,
-                                        bias.basis.numpy(), classes=int(params["bias_classes"]))
-            bias.set_start(np.exp(np.tensordot(c0, bias.basis.numpy(), 1)))  # the ridge holds b near it
-        bias = bias.to(device)
+    def start_bias_from_proton(image: np.ndarray) -> None:
+        """Start b at the tissue-class regression of ``image`` on the proton image (the ridge holds b near it)."""
+        from ..bias import proton_regression_init
+
+        basis = bias.basis.cpu().numpy()
+        c0 = proton_regression_init(image, np.asarray(problem.proton, np.float32), support_np, basis,
+                                    classes=int(params["bias_classes"]), bins=int(params["bias_bins"]))
+        bias.set_start(np.exp(np.tensordot(c0, basis, 1)))
 
     # ---- guidance: proton and sodium direction fields, fused
     w_dtv, w_gc, w_bias = float(params["weight_dtv"]), float(params["weight_gc"]), float(params["weight_bias"])
@@ -226,14 +229,21 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
             # the pilot's model of the measurement and x its bias-corrected image. (Projecting the N4 field onto
             # the basis instead lost half of the pilot's accuracy on the 7 T pair: docs/method.md.)
             pilot = pilot * bias.set_start(pilot_bias)
-        elif bias is not None and pilot_bias is not None:
-            # the pilot corrected its own bias (N4); keep its model of the measurement, b * x, under our b
-            with torch.no_grad():
-                pilot = pilot * torch.from_numpy(pilot_bias).to(device) / bias()
+        elif bias is not None:
+            if params["bias_init"] == "proton" and use_proton:
+                # regress the pilot's model of the measurement: from k-space, the zero-filled image is aliased
+                model = pilot.cpu().numpy() * (1.0 if pilot_bias is None else pilot_bias)
+                start_bias_from_proton(initial if identity else model)
+            if pilot_bias is not None:
+                # the pilot corrected its own bias (N4); keep its model of the measurement, b * x, under our b
+                with torch.no_grad():
+                    pilot = pilot * torch.from_numpy(pilot_bias).to(device) / bias()
     elif G is not None or params["pilot_input"] or params["warm_start"] > 0:
         G = _guidance()
         pilot = G.pilot_estimate(initial, sigma_mm=float(params["pilot_sigma_mm"]), spacing=tuple(spacing),
                                  device=device) if params["pilot_sigma_mm"] > 0 else torch.from_numpy(initial).to(device)
+    if bias is not None and params["bias_init"] == "proton" and use_proton and params["pilot"] not in ("tv", "dtv"):
+        start_bias_from_proton(initial if identity or pilot is None else pilot.cpu().numpy())
     if w_dtv > 0:
         if use_proton and params["w_h"] > 0:
             xi_h = G.direction_field(proton_t, float(params["eta_h"]), rel_spacing)
