@@ -134,20 +134,30 @@ def sure_select(y: torch.Tensor, sigma: float, solve, mask: Optional[np.ndarray]
     e = 0.01 * sigma
     m = torch.ones(y.shape, dtype=torch.bool, device=y.device) if mask is None else torch.from_numpy(mask).to(y.device)
     n = max(int(m.sum()), 1)
+
+    def sure(ls):
+        fy = solve(ls, y)
+        div = float((probe * (solve(ls, y + e * probe) - fy))[m].sum()) / e
+        return float(((y - fy) ** 2)[m].sum()) / n - sigma ** 2 + 2 * sigma ** 2 * div / n
+
+    return _grid_search(sure, centre, check)
+
+
+def _grid_search(score, centre: float, check=None) -> tuple:
+    """Minimise score(lambda_sigma) over centre x 2^(k/2): k in SURE_STEPS, then the half-steps around the best.
+    Returns (best lambda_sigma, [(lambda_sigma, score), ...] sorted); ``check(ls, value)`` after each score."""
     curve = {}
 
-    def sure(k):
+    def cached(k):
         if k not in curve:
             ls = centre * 2.0 ** (k / 2.0)
-            fy = solve(ls, y)
-            div = float((probe * (solve(ls, y + e * probe) - fy))[m].sum()) / e
-            curve[k] = float(((y - fy) ** 2)[m].sum()) / n - sigma ** 2 + 2 * sigma ** 2 * div / n
+            curve[k] = score(ls)
             if check is not None:
                 check(ls, curve[k])
         return curve[k]
 
-    best = min(SURE_STEPS, key=sure)
-    best = min((best - 1, best, best + 1), key=sure)
+    best = min(SURE_STEPS, key=cached)
+    best = min((best - 1, best, best + 1), key=cached)
     pts = sorted((centre * 2.0 ** (k / 2.0), v) for k, v in curve.items())
     return centre * 2.0 ** (best / 2.0), pts
 
@@ -169,23 +179,14 @@ def gcv_select(y: torch.Tensor, predict, generator: torch.Generator, centre: flo
     shape = tuple(y.shape)
     probe = torch.complex(torch.randn(shape, generator=generator), torch.randn(shape, generator=generator))
     probe = probe.to(y.device, y.dtype) * acquired
-    curve = {}
 
-    def gcv(k):
-        if k not in curve:
-            ls = centre * 2.0 ** (k / 2.0)
-            fy = predict(ls, y)
-            df = float((probe.conj() * (predict(ls, y + step * probe) - fy)).real.sum()) / step
-            resid = float(((fy - y).abs() ** 2)[acquired].sum())
-            curve[k] = resid / max(1.0 - df / m, 1e-6) ** 2
-            if check is not None:
-                check(ls, curve[k])
-        return curve[k]
+    def gcv(ls):
+        fy = predict(ls, y)
+        df = float((probe.conj() * (predict(ls, y + step * probe) - fy)).real.sum()) / step
+        resid = float(((fy - y).abs() ** 2)[acquired].sum())
+        return resid / max(1.0 - df / m, 1e-6) ** 2
 
-    best = min(SURE_STEPS, key=gcv)
-    best = min((best - 1, best, best + 1), key=gcv)
-    pts = sorted((centre * 2.0 ** (k / 2.0), v) for k, v in curve.items())
-    return centre * 2.0 ** (best / 2.0), pts
+    return _grid_search(gcv, centre, check)
 
 
 def density_weights(op) -> Optional[torch.Tensor]:
