@@ -169,13 +169,26 @@ def pdhg_tv(y: torch.Tensor, lam: float, op: Optional[LinearOperator] = None, xi
         p = torch.zeros((d,) + shape, dtype=rdtype, device=device)
         converged = False
         it = 0
+        last = {"x": x.clone()}
+
+        def checkpoint(it, x, objective) -> bool:
+            """Every ``report_every`` iterations: cancellation, objective, callback; True once converged."""
+            if check is not None:
+                check()
+            change = float(torch.linalg.vector_norm(x - last["x"]) / (torch.linalg.vector_norm(x) + 1e-12))
+            last["x"] = x.clone()
+            obj = objective()
+            history.append((it, obj))
+            if callback is not None:
+                callback(it, x, obj)
+            return change < tol
+
         if identity:
             tau = 1.0 / Ld
             sigma = 1.0 / Ld  # tau sigma L^2 = 1
             g2 = 1.0 if gain is None else gain * gain
             gy = y if gain is None else gain * y
             mu = 1.0 if gain is None else float(g2.min())  # strong convexity of 0.5|g x - y|^2
-            x_prev_check = x.clone()
             for it in range(1, n_iter + 1):
                 p = project_dual(p + sigma * K_grad(x_bar), lam)
                 x_old = x
@@ -183,19 +196,11 @@ def pdhg_tv(y: torch.Tensor, lam: float, op: Optional[LinearOperator] = None, xi
                 theta = 1.0 / math.sqrt(1.0 + 2.0 * mu * tau)
                 tau, sigma = theta * tau, sigma / theta
                 x_bar = x + theta * (x - x_old)
-                if it % report_every == 0 or it == n_iter:
-                    if check is not None:
-                        check()
-                    change = float(torch.linalg.vector_norm(x - x_prev_check) / (torch.linalg.vector_norm(x) + 1e-12))
-                    x_prev_check = x.clone()
-                    obj = tv_objective(x if gain is None else gain * x, y, None, lam, xi, gamma, spacing,
-                                       tv_of=x)
-                    history.append((it, obj))
-                    if callback is not None:
-                        callback(it, x, obj)
-                    if change < tol:
-                        converged = True
-                        break
+                if (it % report_every == 0 or it == n_iter) and checkpoint(
+                        it, x, lambda: tv_objective(x if gain is None else gain * x, y, None, lam, xi, gamma, spacing,
+                                                    tv_of=x)):
+                    converged = True
+                    break
         else:
             if gain is not None:
                 op = _Gained(op, gain)
@@ -204,7 +209,6 @@ def pdhg_tv(y: torch.Tensor, lam: float, op: Optional[LinearOperator] = None, xi
             # K = [A/La ; Kg/Ld], |K| <= sqrt(2); F1(z) = 0.5|La z - y|^2, F2(w) = lam Ld |w|_{2,1}
             tau = sigma = 0.99 / math.sqrt(2.0)
             q = torch.zeros_like(y)
-            x_prev_check = x.clone()
             for it in range(1, n_iter + 1):
                 Ax = op.forward(x_bar)
                 q = (q + sigma * Ax / La - sigma * y / La) / (1.0 + sigma / (La * La))
@@ -212,16 +216,8 @@ def pdhg_tv(y: torch.Tensor, lam: float, op: Optional[LinearOperator] = None, xi
                 x_old = x
                 x = clamp(x - tau * (_real(op.adjoint(q)).to(rdtype) / La + K_grad_T(p) / Ld))
                 x_bar = 2.0 * x - x_old
-                if it % report_every == 0 or it == n_iter:
-                    if check is not None:
-                        check()
-                    change = float(torch.linalg.vector_norm(x - x_prev_check) / (torch.linalg.vector_norm(x) + 1e-12))
-                    x_prev_check = x.clone()
-                    obj = tv_objective(x, y, op, lam, xi, gamma, spacing)
-                    history.append((it, obj))
-                    if callback is not None:
-                        callback(it, x, obj)
-                    if change < tol:
-                        converged = True
-                        break
+                if (it % report_every == 0 or it == n_iter) and checkpoint(
+                        it, x, lambda: tv_objective(x, y, op, lam, xi, gamma, spacing)):
+                    converged = True
+                    break
     return SolverResult(x=x, iterations=it, converged=converged, objective=history)

@@ -21,28 +21,34 @@ def _axes(ndim: int) -> tuple:
     return tuple(range(-ndim, 0))
 
 
+def _centred(x, ndim: int, inverse: bool):
+    """Centred orthonormal (inverse) FFT over the last ``ndim`` axes, for a torch tensor or a numpy array."""
+    ax = _axes(ndim)
+    if isinstance(x, torch.Tensor):
+        f = torch.fft.ifftn if inverse else torch.fft.fftn
+        return torch.fft.fftshift(f(torch.fft.ifftshift(x, dim=ax), dim=ax, norm="ortho"), dim=ax)
+    f = np.fft.ifftn if inverse else np.fft.fftn
+    return np.fft.fftshift(f(np.fft.ifftshift(x, axes=ax), axes=ax, norm="ortho"), axes=ax)
+
+
 def fftc(x: torch.Tensor, ndim: int) -> torch.Tensor:
     """Centred orthonormal FFT over the last ``ndim`` axes (torch)."""
-    ax = _axes(ndim)
-    return torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(x, dim=ax), dim=ax, norm="ortho"), dim=ax)
+    return _centred(x, ndim, inverse=False)
 
 
 def ifftc(k: torch.Tensor, ndim: int) -> torch.Tensor:
     """Centred orthonormal inverse FFT over the last ``ndim`` axes (torch)."""
-    ax = _axes(ndim)
-    return torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(k, dim=ax), dim=ax, norm="ortho"), dim=ax)
+    return _centred(k, ndim, inverse=True)
 
 
 def fftc_np(x: np.ndarray, ndim: int) -> np.ndarray:
     """Centred orthonormal FFT over the last ``ndim`` axes (numpy)."""
-    ax = _axes(ndim)
-    return np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(x, axes=ax), axes=ax, norm="ortho"), axes=ax)
+    return _centred(np.asarray(x), ndim, inverse=False)
 
 
 def ifftc_np(k: np.ndarray, ndim: int) -> np.ndarray:
     """Centred orthonormal inverse FFT over the last ``ndim`` axes (numpy)."""
-    ax = _axes(ndim)
-    return np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(k, axes=ax), axes=ax, norm="ortho"), axes=ax)
+    return _centred(np.asarray(k), ndim, inverse=True)
 
 
 def complex_dtype_for(x: torch.Tensor) -> torch.dtype:
