@@ -84,7 +84,7 @@ class BiasField(nn.Module):
         self.register_buffer("basis", torch.from_numpy(basis))
         self.coefficients = nn.Parameter(torch.zeros(basis.shape[0]))
         self.register_buffer("start", torch.zeros(tuple(shape)))
-        self.support = None if support is None else torch.from_numpy(np.asarray(support, bool))
+        self.support = None if support is None else np.asarray(support, bool)
         self.shape = tuple(shape)
 
     @torch.no_grad()
@@ -93,7 +93,7 @@ class BiasField(nn.Module):
 
         Returns the factor it was divided by, so that a caller can keep b * x unchanged."""
         log_b = np.log(np.clip(np.asarray(field, np.float64), 1e-3, None))
-        sup = np.ones(self.shape, bool) if self.support is None else self.support.numpy()
+        sup = np.ones(self.shape, bool) if self.support is None else self.support
         mean = float(log_b[sup].mean())
         self.start.copy_(torch.from_numpy((log_b - mean).astype(np.float32)))
         return float(np.exp(mean))

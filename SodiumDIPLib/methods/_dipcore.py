@@ -78,7 +78,8 @@ def _check(params: dict, key: str, lo=None, hi=None, allowed=None):
 
 
 def validate(params: dict) -> None:
-    for key in ("weight_dtv", "kspace_weight_dtv", "weight_gc", "weight_bias", "lr", "input_scale", "reg_noise_std", "eps"):
+    for key in ("weight_dtv", "kspace_weight_dtv", "weight_gc", "weight_bias", "lr", "input_scale", "reg_noise_std",
+                "eps"):
         _check(params, key, lo=0)
     _check(params, "lr", lo=1e-8)
     _check(params, "warm_lr", lo=1e-8)
@@ -146,17 +147,10 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
 
         sigma = estimate_noise_sigma(initial) if identity else float(np.std(initial[~support_np])) or 0.05
     sigma = float(sigma)
-    if not identity:
-        from .tv import DensityWeighted, density_weights
+    if not identity:  # radial data: the density-compensated residual, as in tv/dtv
+        from .tv import density_weighted
 
-        weights = density_weights(op)
-        if weights is not None:
-            # non-Cartesian data: fit the density-compensated residual |W^1/2 (A x - y)| with the gridded
-            # image's noise level, as tv/dtv do (docs/nufft.md): the plain residual is dominated by the densely
-            # sampled centre (radial 32^3 R = 4: docs/method.md)
-            sw = torch.sqrt(weights.to(device))
-            op, y = DensityWeighted(op, sw), sw * y
-            sigma = sigma * math.sqrt(float((weights.double() ** 2).sum()) / float(np.prod(shape)))
+        op, y, sigma, _ = density_weighted(op, y, sigma, shape, device)
 
     kind = fid.resolve_kind(params["fidelity"], problem.magnitude, identity, problem.n_channels)
     n_ch = int(params.get("n_channels", 0)) or 0
@@ -169,10 +163,11 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
 
     # ---- reproducible construction: network init and z from the run's seed, global RNG untouched
     gen = ctx.generator()
+    residual = bool(params.get("residual", False))  # x = pilot + f(z): f is signed, so no output non-linearity
     cfg = NetConfig(channels=_as_list(params["channels"], "channels"),
                     skip_channels=_as_list(params["skip_channels"], "skip_channels"),
                     input_channels=int(params["input_channels"]), upsample=params["upsample"],
-                    pad=params["pad"], norm=params["norm"], output=params["output"])
+                    pad=params["pad"], norm=params["norm"], output="none" if residual else params["output"])
     use_proton = problem.proton is not None
     proton_t = None
     if use_proton:
@@ -182,12 +177,7 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed)
         net = DIPNet(dims, cfg, extra_channels=extra)
-    residual = bool(params.get("residual", False))
-    if residual:
-        if params["pilot"] not in ("tv", "dtv", "smooth"):
-            raise InputError("residual=True needs a pilot")
-        # x = pilot + f(z) with f ~ 0 at the start: the run starts at the pilot exactly, no warm start needed
-        net.config.output = "none"
+    if residual:  # f = 0 at the start: the run starts at the pilot exactly, no warm start needed
         net.init_output(0.0, weight_scale=0.0)
     elif params["output_init"]:
         net.init_output(float(np.mean(initial[support_np])) if support_np.any() else float(initial.mean()))
@@ -200,15 +190,6 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
     if params["bias_degree"] > 0:
         bias = BiasField(shape, support_np, int(params["bias_degree"]), tuple(spacing)).to(device)
 
-    def start_bias_from_proton(image: np.ndarray) -> None:
-        """Start b at the tissue-class regression of ``image`` on the proton image (the ridge holds b near it)."""
-        from ..bias import proton_regression_init
-
-        basis = bias.basis.cpu().numpy()
-        c0 = proton_regression_init(image, np.asarray(problem.proton, np.float32), support_np, basis,
-                                    classes=int(params["bias_classes"]), bins=int(params["bias_bins"]))
-        bias.set_start(np.exp(np.tensordot(c0, basis, 1)))
-
     # ---- guidance: proton and sodium direction fields, fused
     w_dtv, w_gc, w_bias = float(params["weight_dtv"]), float(params["weight_gc"]), float(params["weight_bias"])
     if not identity:
@@ -216,7 +197,7 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
         # scale (measured on the 48^3 4-coil phantom at R = 4: docs/nufft.md)
         w_dtv = float(params["kspace_weight_dtv"])
     G = _guidance() if (w_dtv > 0 or w_gc > 0 or params["sodium_guide"] != "none") else None
-    pilot = None
+    pilot = pilot_bias = None
     xi_h = xi = None
     guide_na = params["sodium_guide"] if params["w_na"] > 0 else "none"
     if params["pilot"] in ("tv", "dtv"):
@@ -224,26 +205,33 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
             raise InputError("pilot 'dtv' needs a proton volume; use pilot 'tv' or 'smooth'")
         pilot, pilot_bias = _classical_pilot(problem, ctx, params["pilot"])
         pilot = pilot.to(device)
-        if bias is not None and params["bias_init"] == "pilot" and pilot_bias is not None:
-            # start b at the pilot's own (N4) field, with the smooth basis refining it: b * x is then exactly
-            # the pilot's model of the measurement and x its bias-corrected image. (Projecting the N4 field onto
-            # the basis instead lost half of the pilot's accuracy on the 7 T pair: docs/method.md.)
-            pilot = pilot * bias.set_start(pilot_bias)
-        elif bias is not None:
-            if params["bias_init"] == "proton" and use_proton:
-                # regress the pilot's model of the measurement: from k-space, the zero-filled image is aliased
-                model = pilot.cpu().numpy() * (1.0 if pilot_bias is None else pilot_bias)
-                start_bias_from_proton(initial if identity else model)
-            if pilot_bias is not None:
-                # the pilot corrected its own bias (N4); keep its model of the measurement, b * x, under our b
-                with torch.no_grad():
-                    pilot = pilot * torch.from_numpy(pilot_bias).to(device) / bias()
-    elif G is not None or params["pilot_input"] or params["warm_start"] > 0:
+    elif G is not None or params["pilot_input"] or params["warm_start"] > 0 or residual:
         G = _guidance()
         pilot = G.pilot_estimate(initial, sigma_mm=float(params["pilot_sigma_mm"]), spacing=tuple(spacing),
                                  device=device) if params["pilot_sigma_mm"] > 0 else torch.from_numpy(initial).to(device)
-    if bias is not None and params["bias_init"] == "proton" and use_proton and params["pilot"] not in ("tv", "dtv"):
-        start_bias_from_proton(initial if identity or pilot is None else pilot.cpu().numpy())
+    if bias is not None and params["bias_init"] == "pilot" and pilot_bias is not None:
+        # start b at the pilot's own (N4) field, with the smooth basis refining it: b * x is then exactly
+        # the pilot's model of the measurement and x its bias-corrected image. (Projecting the N4 field onto
+        # the basis instead lost half of the pilot's accuracy on the 7 T pair: docs/method.md.)
+        pilot = pilot * bias.set_start(pilot_bias)
+    elif bias is not None:
+        if params["bias_init"] == "proton" and use_proton:
+            # start b at the tissue-class regression on the proton image (the ridge holds b near it); from
+            # k-space it regresses the pilot's model of the measurement, the zero-filled image being aliased
+            from ..bias import proton_regression_init
+
+            if identity or pilot is None:
+                source = initial
+            else:
+                source = pilot.cpu().numpy() * (1.0 if pilot_bias is None else pilot_bias)
+            basis = bias.basis.cpu().numpy()
+            c0 = proton_regression_init(source, np.asarray(problem.proton, np.float32), support_np, basis,
+                                        classes=int(params["bias_classes"]), bins=int(params["bias_bins"]))
+            bias.set_start(np.exp(np.tensordot(c0, basis, 1)))
+        if pilot_bias is not None:
+            # the pilot corrected its own bias (N4); keep its model of the measurement, b * x, under our b
+            with torch.no_grad():
+                pilot = pilot * torch.from_numpy(pilot_bias).to(device) / bias()
     if w_dtv > 0:
         if use_proton and params["w_h"] > 0:
             xi_h = G.direction_field(proton_t, float(params["eta_h"]), rel_spacing)
@@ -372,8 +360,7 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
             terms["gc"] = (gx - gy).abs().sum(0).mean()
             loss = loss + w_gc * terms["gc"] / sigma
         if bias is not None and w_bias > 0:
-            lb = bias.log_field()
-            lb = lb - bias.start  # the ridge keeps the refinement of the starting field small
+            lb = bias.log_field() - bias.start  # the ridge keeps the refinement of the starting field small
             terms["bias"] = (lb * lb * support).sum() / n_support
             loss = loss + w_bias * terms["bias"]
         loss.backward()
