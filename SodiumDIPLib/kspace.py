@@ -120,7 +120,7 @@ def calibration_images(kspace: np.ndarray, mask: np.ndarray, calibration: Option
     The Hann taper is two lines wider than the calibration block, so every calibration line keeps a non-zero
     weight (a taper of the block's own width zeroes its outer lines: with the 4-line block of a 32^3 R = 4 mask
     only 3 lines remained and the Walsh maps missed 18% of the coil images' energy in the brain, against 10%
-    with the wider taper; dtv at R = 4: 27.23 -> 27.60 dB, measured with /work/exp/k_sens.py).
+    with the wider taper; dtv at R = 4: 27.23 -> 27.60 dB; docs/nufft.md).
     """
     shape = kspace.shape[1:]
     c = calibration_size(mask) if calibration is None else int(calibration)

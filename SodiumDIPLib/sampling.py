@@ -30,7 +30,7 @@ def default_density_power(acceleration: float) -> float:
 
     1 up to R = 4, rising to 2 at R = 8 (a flatter density keeps more outer k-space where the data still carry
     information, a steeper one protects the centre when few lines are kept). Measured with dtv on the 32^3
-    4-coil head phantom, mean of mask seeds 0-2 (/work/exp/k_var.py): power 1 vs 2 = 31.08 vs 30.69 dB at
+    4-coil head phantom, mean of mask seeds 0-2 (docs/nufft.md): power 1 vs 2 = 31.08 vs 30.69 dB at
     R = 2, 27.94 vs 27.44 at R = 4, 23.13 vs 23.77 at R = 8.
     """
     return max(1.0, math.log2(_check_r(acceleration)) - 1.0)

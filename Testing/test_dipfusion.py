@@ -161,3 +161,11 @@ def test_dipfusion_beats_plain_dip_and_keeps_the_lesion(small_case):
     p_dip, p_fus = psnr(out["dip"], truth, brain), psnr(out["dipfusion"], truth, brain)
     assert p_fus > p_dip + 0.5, (p_dip, p_fus)
     assert lesion_crc(out["dipfusion"], truth, lesion, brain) >= 0.6
+
+
+def test_residual_run_builds_its_pilot_even_without_prior_terms(small_case):
+    _, problem, _ = small_case
+    res = _run(problem, **dict(TINY, iterations=2, residual=True, pilot="smooth", weight_dtv=0.0, weight_gc=0.0,
+                               sodium_guide="none", pilot_input=False, bias_degree=0))
+    assert set(res.history[-1]["terms"]) == {"fidelity"} and np.isfinite(res.image).all()
+    np.testing.assert_allclose(res.image, res.extras["pilot"], atol=0.05 * float(res.extras["pilot"].max()))
