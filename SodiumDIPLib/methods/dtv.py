@@ -5,7 +5,7 @@
 xi from the proton image only: xi = grad p / sqrt(|grad p|^2 + eta^2), p = proton normalised to its
 99.9th percentile inside the support (optionally smoothed by ``guide_smoothing_vox`` first, against proton
 noise). Solved by PDHG (SodiumDIPLib.solvers). lam = lambda_sigma * sigma * |A|, chosen by SURE by default,
-as in ``tv``.
+as in ``tv`` (on Cartesian k-space: GCV, then one Bregman step at 3x the weight; see ``tv``).
 Edges shared with the proton image are kept; sodium-only edges (lesions) are smoothed like TV -- the
 weakness DIP-Fusion's sodium branch addresses. Receive bias (N4, default) and Rician bias: see ``tv``.
 """

@@ -9,7 +9,9 @@ piecewise-constant phantoms want lambda_sigma ~0.5, the real 7 T sodium pair ~0.
 one costs ~1 dB on the other (measured); with ``lambda_select="fixed"`` the weights are used as given.
 Works on images (identity) and on k-space (any LinearOperator); non-Cartesian operators with density
 compensation weights w (radial) fit |w^1/2 (A x - y)|, which PDHG solves in the preset iterations. Voxel
-anisotropy enters through the relative spacing h / min(h).
+anisotropy enters through the relative spacing h / min(h). On k-space data ``bregman_steps`` Bregman iterations
+(default 1) at ``bregman_weight_factor`` (default 3) times the chosen weight follow: y_k+1 = y_k + (y - A x_k),
+x_k+1 = the solution for y_k+1; they return the contrast the prior takes away (denoising ignores them).
 
 Receive bias: with ``bias_correction="n4"`` (default) a smooth bias b is estimated from the initial image by
 N4 (SimpleITK) with mean log b = 0 over the support, and the data model becomes y = A(b x) + noise, so the
