@@ -159,6 +159,24 @@ def estimate_noise_sigma_kspace(kspace, mask=None, trajectory=None, fraction: fl
     return float(np.median(np.abs(parts - np.median(parts))) / 0.6745)
 
 
+def least_squares_image(op, y: torch.Tensor, iterations: int = 10) -> torch.Tensor:
+    """Complex image from k-space and an operator with its maps: CG on A^H A x = A^H y from 0, ``iterations``
+    steps (early stopping is the regularisation). Unlike the zero-filled image it unfolds the aliasing."""
+    b = op.adjoint(y)
+    x = torch.zeros_like(b)
+    r, p = b.clone(), b.clone()
+    rs = rs0 = float(torch.vdot(r.flatten(), r.flatten()).real)
+    for _ in range(int(iterations)):
+        if rs <= 1e-12 * rs0 or rs0 == 0:
+            break
+        ap = op.adjoint(op.forward(p))
+        alpha = rs / float(torch.vdot(p.flatten(), ap.flatten()).real)
+        x, r = x + alpha * p, r - alpha * ap
+        rs_new = float(torch.vdot(r.flatten(), r.flatten()).real)
+        p, rs = r + (rs_new / rs) * p, rs_new
+    return x
+
+
 def _sensitivities_from(coil_images: np.ndarray, how: str, kernel: int):
     if coil_images.shape[0] == 1:
         return np.ones_like(coil_images, dtype=np.complex64), "single-coil"
@@ -225,7 +243,7 @@ def kspace_problem(kspace, mask=None, trajectory=None, image_shape: Optional[tup
             raise InputError("coil sensitivities contain NaN or infinite values")
         sens = sens.astype(np.complex64)
         combination = "given"
-        cal = None  # given maps: the phase reference is the zero-filled image (see absorb_phase below)
+        cal = None  # given maps: the phase reference is a least-squares image (see absorb_phase below)
     else:
         if kind == "cartesian":
             cal = calibration_images(k, m, calibration)
@@ -240,13 +258,18 @@ def kspace_problem(kspace, mask=None, trajectory=None, image_shape: Optional[tup
     init = op.zero_filled(y).numpy()
     phase = None
     if absorb_phase:
-        # phase reference: with estimated maps, the calibration images combined with them (= the Walsh combined
-        # low-resolution image, smooth phase, free of aliasing); the aliased zero-filled image's phase left the
-        # real image model unable to fit the data (dtv at R = 4 on the 32^3 phantom: 26.64 dB with it, 27.23
-        # with the calibration phase, 27.22 with no phase absorbed). Given maps need not match a low-resolution
-        # image's phase (a blurred coil image is not the map times the blurred object where the maps' phase
-        # turns fast), so they keep the zero-filled image's phase.
-        ref_img = init if cal is None else (sens.conj() * cal).sum(0)
+        # phase reference: the calibration images combined with the maps (the combined low-resolution image:
+        # smooth phase, free of aliasing); the aliased zero-filled image's phase left the real image model
+        # unable to fit the data (dtv at R = 4 on the 32^3 phantom: 26.64 dB with it, 27.23 with the
+        # calibration phase, 27.22 with no phase absorbed). Given Cartesian maps: a least-squares (CG-SENSE)
+        # image, which the maps unfold (48^3, R = 4, the true maps given: dtv 31.01 dB with the zero-filled
+        # phase, 32.10 with this one); given radial maps keep the gridded image's phase (little coherent aliasing).
+        if cal is not None:
+            ref_img = (sens.conj() * cal).sum(0)
+        elif kind == "cartesian":
+            ref_img = least_squares_image(op, y).numpy()
+        else:
+            ref_img = init
         smooth = ndi.gaussian_filter(ref_img.real, 2.0) + 1j * ndi.gaussian_filter(ref_img.imag, 2.0)
         phase = np.angle(smooth).astype(np.float32)
         sens = (sens * np.exp(1j * phase)[None]).astype(np.complex64)

@@ -38,3 +38,18 @@ def test_walsh_maps_span_true_coil_images_and_phase_is_removed(accelerated):
     # measured: model error 0.11 (0.18 with the old taper), phase error 0.026 rad (0.063 with the zero-filled phase)
     assert model_err < 0.14, model_err
     assert phase_err < 0.04 and phase_err < 0.7 * zf_err, (phase_err, zf_err)
+
+
+def test_given_maps_get_an_unaliased_phase_reference(accelerated):
+    # the true maps given: the object is real, so the absorbed phase should be ~0 in the brain; the aliased
+    # zero-filled image's phase (the reference given maps used to keep) is not
+    from scipy import ndimage as ndi
+
+    sim, truth, uc, brain = accelerated
+    kp = kspace_problem(uc.kspace, mask=uc.mask, sensitivities=sim.sensitivities, noise_sigma=0.0)
+    err = np.abs(kp.details["phase"])[brain].mean()
+    raw = kspace_problem(uc.kspace, mask=uc.mask, sensitivities=sim.sensitivities, noise_sigma=0.0,
+                         absorb_phase=False)
+    zf = raw.problem.operator.zero_filled(raw.problem.measurement).numpy()
+    zf_err = np.abs(np.angle(ndi.gaussian_filter(zf.real, 2.0) + 1j * ndi.gaussian_filter(zf.imag, 2.0)))[brain].mean()
+    assert err < 0.03 and err < 0.5 * zf_err, (err, zf_err)
