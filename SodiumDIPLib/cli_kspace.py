@@ -29,7 +29,7 @@ def register_commands(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="case folder to write (created if needed)")
     p.add_argument("--acceleration", "-R", required=True, type=float, help="acceleration factor R >= 1 (2, 3, 4, 6, 8)")
     p.add_argument("--seed", type=int, default=0, help="sampling pattern seed (same seed = same pattern)")
-    p.add_argument("--calibration", type=int, default=None, help="fully sampled centre, lines per phase-encode axis")
+    p.add_argument("--calibration", type=int, default=None, help="fully sampled centre, lines per phase-encode axis (default 12%% of the phase encodes, at least 4)")
     p.add_argument("--combine", default="walsh", choices=("walsh", "sos"), help="coil combination of the reference")
     p.add_argument("--ordering", default="golden", help="radial spoke ordering of the input (golden: contiguous subset)")
     p.add_argument("--spacing", default=None, help="voxel size in mm 'x,y[,z]' when the file has none (default 1)")

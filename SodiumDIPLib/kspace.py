@@ -214,7 +214,8 @@ def kspace_problem(kspace, mask=None, trajectory=None, image_shape: Optional[tup
                    ``reference`` is in the data's units (it is normalised here like the data).
     spacing:       voxel size in mm in array axis order ([z,] y, x) (default 1 mm).
     noise_sigma:   k-space noise std per real channel in the data's units (default: from the periphery).
-    absorb_phase:  move the smooth phase of the initial image into the sensitivities (the image becomes ~real).
+    absorb_phase:  move a smooth phase reference into the sensitivities (the image becomes ~real): from the
+                   calibration images (estimated maps), a CG-SENSE image (given Cartesian maps) or the gridded image.
     """
     k = _as_kspace(kspace)
     if trajectory is None:
