@@ -30,6 +30,8 @@ def test_bregman_step_restores_contrast_at_r4(seed):
     for steps in (0, 1):
         res = tv.run(kp.problem, dict(tv.presets["fast"], bias_correction="none", bregman_steps=steps), RunContext())
         img = res.image / kp.scale
+        if steps:  # the history says which weight the Bregman solves used
+            assert np.isclose(res.history[-1]["bregman_lam"], 3.0 * res.history[-1]["lam"])
         out[steps] = (float(np.linalg.norm((img - x)[obj]) / np.linalg.norm(x[obj])),
                       float(img[obj].mean() / x[obj].mean()), res.iterations)
     (err0, level0, it0), (err1, level1, it1) = out[0], out[1]

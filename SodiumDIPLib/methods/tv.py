@@ -292,6 +292,7 @@ def solve_variational(problem: Problem, params: dict, ctx: RunContext, xi: Optio
     nonneg = bool(params.get("nonneg", True))
     lam_sigma = float(params.get(lam_key, params["lambda_sigma"]))
     selected = None
+    lam_solve, steps = None, 0
     try:
         if params.get("lambda_select", "fixed") == "sure" and identity and lam_sigma > 0:
             yr = y.real if y.is_complex() else y
@@ -358,6 +359,8 @@ def solve_variational(problem: Problem, params: dict, ctx: RunContext, xi: Optio
     for entry in history:
         entry.setdefault("lam", lam)
         entry.setdefault("lambda_sigma", lam_sigma)
+        if steps > 0 and lam_solve is not None:
+            entry.setdefault("bregman_lam", lam_solve)  # the weight the Bregman solves used
         if selected is not None:
             entry.setdefault("lambda_select", "sure" if identity else "gcv")
     used = dict(params)
