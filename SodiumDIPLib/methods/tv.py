@@ -112,10 +112,12 @@ def check_params(params: dict, required: tuple) -> None:
         raise InputError(f"lambda_select must be 'fixed' or 'sure', got {params['lambda_select']!r}")
     if params.get("bias_correction", "none") not in ("none", "n4"):
         raise InputError(f"bias_correction must be 'none' or 'n4', got {params['bias_correction']!r}")
-    if not (0 <= int(params.get("bregman_steps", 0)) <= 10):
-        raise InputError(f"bregman_steps must be an integer in 0..10, got {params.get('bregman_steps')!r}")
-    if not (float(params.get("bregman_weight_factor", 1.0)) > 0):
-        raise InputError(f"bregman_weight_factor must be > 0, got {params.get('bregman_weight_factor')!r}")
+    steps, factor = params.get("bregman_steps", 0), params.get("bregman_weight_factor", 1.0)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) and not (
+            isinstance(steps, float) and steps.is_integer()) or not 0 <= steps <= 10:
+        raise InputError(f"bregman_steps must be an integer in 0..10, got {steps!r}")
+    if isinstance(factor, bool) or not isinstance(factor, (int, float, np.number)) or not factor > 0:
+        raise InputError(f"bregman_weight_factor must be a number > 0, got {factor!r}")
 
 
 def _psnr(x: np.ndarray, ref: np.ndarray, mask) -> float:
