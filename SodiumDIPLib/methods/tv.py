@@ -113,11 +113,14 @@ def check_params(params: dict, required: tuple) -> None:
     if params.get("bias_correction", "none") not in ("none", "n4"):
         raise InputError(f"bias_correction must be 'none' or 'n4', got {params['bias_correction']!r}")
     steps, factor = params.get("bregman_steps", 0), params.get("bregman_weight_factor", 1.0)
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) and not (
-            isinstance(steps, float) and steps.is_integer()) or not 0 <= steps <= 10:
+    if not _is_number(steps) or not float(steps).is_integer() or not 0 <= steps <= 10:
         raise InputError(f"bregman_steps must be an integer in 0..10, got {steps!r}")
-    if isinstance(factor, bool) or not isinstance(factor, (int, float, np.number)) or not factor > 0:
+    if not _is_number(factor) or not factor > 0:
         raise InputError(f"bregman_weight_factor must be a number > 0, got {factor!r}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
 
 
 def _psnr(x: np.ndarray, ref: np.ndarray, mask) -> float:
@@ -294,7 +297,13 @@ def solve_variational(problem: Problem, params: dict, ctx: RunContext, xi: Optio
     nonneg = bool(params.get("nonneg", True))
     lam_sigma = float(params.get(lam_key, params["lambda_sigma"]))
     selected = None
-    lam_solve, steps = None, 0
+    steps = 0 if identity else int(params.get("bregman_steps", 0))
+    lam_solve = None
+
+    def predicted(x):
+        """The data model of an image: A (b x)."""
+        return op.forward(x if gain is None else gain * x)
+
     try:
         if params.get("lambda_select", "fixed") == "sure" and identity and lam_sigma > 0:
             yr = y.real if y.is_complex() else y
@@ -322,7 +331,7 @@ def solve_variational(problem: Problem, params: dict, ctx: RunContext, xi: Optio
                 xv = pdhg_tv(v, ls * sigma * la, op=op, xi=xi, gamma=gamma, spacing=spacing, nonneg=nonneg,
                              n_iter=n_gcv, tol=0.0, x0=x0, image_shape=tuple(problem.image_shape),
                              op_norm=la, report_every=n_gcv, gain=gain).x
-                return op.forward(xv if gain is None else gain * xv)
+                return predicted(xv)
 
             def gcv_progress(ls, value):
                 ctx.report(0, loss=value, lambda_sigma=ls, gcv=value)
@@ -335,7 +344,6 @@ def solve_variational(problem: Problem, params: dict, ctx: RunContext, xi: Optio
         # (d)TV solution loses contrast as R grows (48^3 phantom, dtv: 1.8 / 2.7 / 4.6 % too dark at R = 2 / 4 / 8);
         # adding the residual back to the data and solving again returns it. One step at 3x the selected weight:
         # +0.9 / +0.8 / +0.7 dB at R = 2 / 4 / 8 (docs/nufft.md); more steps bring the noise back.
-        steps = 0 if identity else int(params.get("bregman_steps", 0))
         lam_solve = lam * float(params.get("bregman_weight_factor", 1.0)) if steps > 0 else lam
         target, x_start, offset = y, x0, 0
         for step in range(steps + 1):
@@ -347,7 +355,7 @@ def solve_variational(problem: Problem, params: dict, ctx: RunContext, xi: Optio
             offset += res.iterations
             if step < steps:
                 with torch.no_grad():
-                    target = target + (y - op.forward(res.x if gain is None else gain * res.x))
+                    target = target + (y - predicted(res.x))
                 x_start = res.x
         x, iterations = res.x, offset
         if not res.converged:
@@ -361,7 +369,7 @@ def solve_variational(problem: Problem, params: dict, ctx: RunContext, xi: Optio
     for entry in history:
         entry.setdefault("lam", lam)
         entry.setdefault("lambda_sigma", lam_sigma)
-        if steps > 0 and lam_solve is not None:
+        if steps > 0 and lam_solve is not None:  # None: cancelled during the weight search
             entry.setdefault("bregman_lam", lam_solve)  # the weight the Bregman solves used
         if selected is not None:
             entry.setdefault("lambda_select", "sure" if identity else "gcv")
