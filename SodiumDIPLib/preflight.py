@@ -301,7 +301,7 @@ def bias_field_expected(spec, params: dict) -> Optional[bool]:
             return float(params["bias_degree"]) > 0
         except (TypeError, ValueError):
             return None
-    if spec.name in ("zerofilled",):
+    if spec.name in ("zero-filled", "gridding"):
         return False
     return None
 
