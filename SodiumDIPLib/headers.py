@@ -59,6 +59,10 @@ def _fail(role: str, path: Path, what: str):
     raise InputError(f"{role} file {path}: {what}")
 
 
+def _unreadable(role: str, path: Path, what: str):
+    raise InputError(f"cannot read {role} file {path}: {what}")
+
+
 def _kind(path: Path) -> str:
     name = path.name.lower()
     for suffix, kind in ((".nii.gz", "nifti"), (".nii", "nifti"), (".hdr.gz", "analyze"), (".hdr", "analyze"),
@@ -138,7 +142,7 @@ def _check_length(role, path, have: int, need: int, what: str = "the voxel data"
 def _nifti_header(buf: bytes, role, path):
     """(endian, version) of a NIfTI-1/2 (or Analyze 7.5) header."""
     if len(buf) < 348:
-        _fail(role, path, f"only {len(buf)} bytes; a NIfTI header alone takes 348 (truncated file)")
+        _unreadable(role, path, f"only {len(buf)} bytes; a NIfTI header alone takes 348 (truncated or not NIfTI)")
     for endian in ("<", ">"):
         size = int(np.frombuffer(buf[:4], endian + "i4")[0])
         if size == 348:
@@ -147,7 +151,7 @@ def _nifti_header(buf: bytes, role, path):
             if len(buf) < 540:
                 _fail(role, path, f"only {len(buf)} bytes; a NIfTI-2 header takes 540 (truncated file)")
             return endian, 2
-    _fail(role, path, "not a NIfTI header (sizeof_hdr is neither 348 nor 540)")
+    _unreadable(role, path, "not a NIfTI header (sizeof_hdr is neither 348 nor 540); expected a NIfTI-1/2 file")
 
 
 def _nifti_fields(buf: bytes, endian: str, version: int) -> dict:
@@ -264,7 +268,7 @@ def _parse_vectors(text: str):
 def _verify_nrrd(path: Path, role: str) -> None:
     buf = _read(path, role)
     if not buf.startswith(b"NRRD"):
-        _fail(role, path, "not a NRRD file (no 'NRRD' magic); expected a NRRD header")
+        _unreadable(role, path, "not a NRRD file (no 'NRRD' magic); expected a NRRD header")
     detached_header = path.name.lower().endswith(".nhdr")
     if detached_header:
         lines, offset = buf.decode("latin-1", errors="replace").splitlines(), None
