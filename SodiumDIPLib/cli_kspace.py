@@ -119,7 +119,7 @@ def cmd_undersample(args) -> int:
     out = Path(args.out)
     targets = undersample_outputs(out, args.format)
     plan = Plan()
-    plan.add_input("--input", args.input)
+    plan.add_input("raw-data", args.input)
     plan.add_folder("--out", out, [p.name for p in targets.values()])
     for role, path in targets.items():
         plan.add_output(f"--out {role}", path)
@@ -173,7 +173,7 @@ def cmd_reconstruct(args) -> int:
     if not 1 <= args.kernel <= 64:
         raise InputError(f"--kernel {args.kernel}: expected a Walsh box size in 1..64 voxels")
     _check_spacing_text(args.spacing)
-    inputs = {"--input": args.input, "proton": args.proton, "reference": args.reference, "mask": args.mask,
+    inputs = {"raw-data": args.input, "proton": args.proton, "reference": args.reference, "mask": args.mask,
               "lesion": args.lesion, "proton-only": args.proton_only}
     spec, overrides, params = check_run_request(args, inputs)
     if not spec.supports_kspace:

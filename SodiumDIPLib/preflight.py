@@ -25,8 +25,8 @@ NAME_MAX = 255
 PATH_MAX = 4095
 #: Seeds are stored as 64-bit integers by torch / numpy.
 SEED_RANGE = (-(2 ** 63), 2 ** 63 - 1)
-#: The staging folder beside an output adds this many characters to nothing (its own name is short); a name
-#: that fits NAME_MAX also fits there. Kept as a named constant for the length check of ".previous-" copies.
+#: While a result is committed, the file it replaces is put aside as ".previous-<name>" (safewrite.Staging),
+#: so a name must leave room for that prefix.
 _BACKUP_PREFIX = len(".previous-")
 
 
@@ -280,7 +280,7 @@ def run_parameters(spec, preset: str, overrides: Optional[dict]) -> dict:
     defaults = spec.presets.get(preset, {})
     for key, value in params.items():
         _check_value(key, value, defaults.get(key))
-    validator = getattr(spec, "validate", None) or _method_validator(spec.name)
+    validator = _method_validator(spec.name)
     if validator is not None:
         try:
             validator(params)
