@@ -11,6 +11,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 from . import __version__
 from .errors import InputError
@@ -172,6 +173,23 @@ def check_run_request(args, inputs: dict):
     plan_report(plan, args)
     plan.check()
     return spec, overrides, params
+
+
+def check_side_outputs(args, inputs: Optional[dict] = None) -> None:
+    """Pre-flight for commands without a volume output (e.g. ``benchmark``): --seed, the --params file (and
+    ``inputs``), the --json file and the --report folder -- legal, writable, no output an input."""
+    from .preflight import Plan, check_seed
+    from .report.cli import plan_report
+
+    if hasattr(args, "seed"):
+        args.seed = check_seed(args.seed)
+    plan = Plan()
+    for role, path in (inputs or {}).items():
+        plan.add_input(role, path)
+    plan.add_input("--params file", getattr(args, "params", None))
+    plan.add_output("--json", getattr(args, "json", None))
+    plan_report(plan, args)
+    plan.check()
 
 
 def write_run(runs, args, output_path=None, bias_field_path=None, metrics_json=None, summary_extra=None) -> dict:

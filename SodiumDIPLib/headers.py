@@ -204,12 +204,14 @@ def _verify_nifti(path: Path, role: str) -> None:
     dtype = np.dtype(endian + _NIFTI_TYPES[dt]) if dt not in (128, 2304) else None
     voxel_bytes = {128: 3, 2304: 4}.get(dt, np.dtype(_NIFTI_TYPES[dt]).itemsize)
     n_vox = int(np.prod(dims, dtype=np.float64))
-    spatial = [float(v) for v in f["pixdim"][1:min(ndim, 3) + 1]]
-    check_spacing(np.abs(spatial), role, f"file {header_path}")
+    spatial = [float(v) for v, n in zip(f["pixdim"][1:min(ndim, 3) + 1], dims) if n > 1]  # a lone slice may say 0
+    if spatial:
+        check_spacing(np.abs(spatial), role, f"file {header_path}")
     slope, inter = (float(v) for v in f["scl"])
     if not (np.isfinite(slope) and np.isfinite(inter)):
         _fail(role, header_path, f"intensity scaling (scl_slope {slope}, scl_inter {inter}) is not finite")
-    if f["sform_code"] > 0 and ndim >= 2:
+    is_nifti = version == 2 or f["magic"] in (b"ni1\x00", b"n+1\x00")  # Analyze 7.5 has no sform
+    if is_nifti and f["sform_code"] > 0 and ndim >= 2:
         m = f["srow"][:, :3]
         if not np.all(np.isfinite(f["srow"])):
             _fail(role, header_path, "the sform affine holds NaN or infinite values; expected a finite affine")
