@@ -11,9 +11,11 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 from . import __version__
 from .errors import InputError
+from .preflight import bounded_int, finite_number
 
 #: Modules that add subcommands (each defines register_commands(subparsers)).
 COMMAND_MODULES = ("SodiumDIPLib.benchmark", "SodiumDIPLib.cli_kspace", "SodiumDIPLib.report.cli")
@@ -35,7 +37,7 @@ def add_run_options(p: argparse.ArgumentParser, default_method: str = "dipfusion
     p.add_argument("--params", metavar="FILE", help="JSON or YAML parameter file (a run's .params.json works)")
     p.add_argument("--set", metavar="NAME=VALUE", action="append", default=[],
                    help="override one parameter (repeatable), e.g. --set lambda_dtv=0.02")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed + device = same output)")
+    p.add_argument("--seed", type=bounded_int, default=0, help="random seed (same seed + device = same output)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -108,7 +110,15 @@ def cmd_methods(args) -> int:
 def cmd_phantom(args) -> int:
     from .phantom import make_phantom, write_case
 
+    from .preflight import Plan, check_seed
+
     shape = _parse_shape(args.shape)
+    if not args.snr > 0:
+        raise InputError(f"--snr {args.snr}: expected a positive number")
+    check_seed(args.seed)
+    plan = Plan()
+    plan.add_folder("--out", args.out)
+    plan.check()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     case = make_phantom(kind=args.kind, seed=args.seed, shape=shape, snr=args.snr)
@@ -121,8 +131,10 @@ def cmd_phantom(args) -> int:
 def _parse_shape(text: str) -> tuple:
     try:
         parts = tuple(int(p) for p in str(text).lower().replace("x", ",").split(",") if p)
+        if any(p > 2048 for p in parts):
+            raise ValueError(text)
     except ValueError:
-        raise InputError(f"--shape {text!r}: expected N (cube), NxN (single slice) or NxNxN") from None
+        raise InputError(f"--shape {text!r}: expected N (cube), NxN (single slice) or NxNxN, sizes up to 2048") from None
     if len(parts) == 1:
         parts = parts * 3
     if len(parts) not in (2, 3) or min(parts) < 8:
@@ -130,31 +142,90 @@ def _parse_shape(text: str) -> tuple:
     return parts
 
 
-def check_run_request(args):
-    """Check what the user can get wrong before a (long) run starts: output paths, method, preset, parameters.
-    Returns (method spec, overrides, full parameters). Shared by denoise and reconstruct."""
+def check_run_request(args, inputs: dict):
+    """The pre-flight of denoise / reconstruct, before anything is read or computed: method, preset, every
+    parameter (range-checked), seed, device, --bias-field against the method, every input (``inputs``: role ->
+    path, plus --params) and every output (volume, bias field, parameter file, metrics JSON, report folder):
+    resolved, legal, writable, and no output an input or another output. Returns (method spec, overrides,
+    full parameters)."""
     from .io import check_output_path
     from .methods import get_method
+    from .pipeline import detached_data_files, output_files, resolve_device
+    from .preflight import Plan, check_bias_option, check_seed, check_text, run_parameters
+    from .report.cli import plan_report
 
-    check_output_path(args.output)
-    if args.bias_field:
-        check_output_path(args.bias_field, "bias-field")
-    spec = get_method(args.method)
+    spec = get_method(check_text(args.method, "--method"))
     overrides = parse_overrides(args)
-    return spec, overrides, spec.parameters(args.preset, overrides)
+    params = run_parameters(spec, args.preset, overrides)
+    args.seed = check_seed(args.seed)
+    resolve_device(check_text(args.device, "--device"))
+    check_bias_option(spec, params, args.bias_field)
+    plan = Plan()
+    for role, path in inputs.items():
+        plan.add_input(role, path)
+    plan.add_input("--params file", getattr(args, "params", None))
+    files = output_files(args.output, args.bias_field, args.metrics_json)
+    check_output_path(files["output"])
+    if args.bias_field:
+        check_output_path(files["bias-field"], "bias-field")
+    for role, path in files.items():
+        plan.add_output(role, path, detached_data_files(path))
+    plan_report(plan, args)
+    plan.check()
+    return spec, overrides, params
+
+
+def check_side_outputs(args, inputs: Optional[dict] = None) -> None:
+    """Pre-flight for commands without a volume output (e.g. ``benchmark``): --seed, the --params file (and
+    ``inputs``), the --json file and the --report folder -- legal, writable, no output an input."""
+    from .preflight import Plan, check_seed
+    from .report.cli import plan_report
+
+    if hasattr(args, "seed"):
+        args.seed = check_seed(args.seed)
+    plan = Plan()
+    for role, path in (inputs or {}).items():
+        plan.add_input(role, path)
+    plan.add_input("--params file", getattr(args, "params", None))
+    plan.add_output("--json", getattr(args, "json", None))
+    plan_report(plan, args)
+    plan.check()
+
+
+def write_run(runs, args, output_path=None, bias_field_path=None, metrics_json=None, summary_extra=None) -> dict:
+    """Write a run's files and its --report all-or-nothing (after the whole computation). Returns the paths."""
+    from .pipeline import stage_outputs
+    from .report.cli import stage_report_from_args
+    from .safewrite import Staging
+
+    run = runs[0]
+    if bias_field_path and run.bias_field is None:
+        raise InputError(f"method {run.method!r} does not estimate a bias field; drop --bias-field")
+    with Staging() as staging:
+        paths = stage_outputs(staging, run, output_path, bias_field_path, metrics_json,
+                              summary_extra=summary_extra) if output_path is not None else {}
+        report = stage_report_from_args(staging, runs, args)
+        if report:
+            paths["report"] = report["html"]
+        staging.commit()
+    return paths
 
 
 def cmd_denoise(args) -> int:
     from .io import read_volume
-    from .pipeline import denoise_volumes, write_outputs
+    from .pipeline import denoise_volumes
+    from .report.cli import check_report_point
 
-    spec, overrides, params = check_run_request(args)
+    inputs = {"sodium": args.sodium, "proton": args.proton, "reference": args.reference, "mask": args.mask,
+              "lesion": args.lesion, "proton-only": args.proton_only}
+    spec, overrides, params = check_run_request(args, inputs)
     sodium = read_volume(args.sodium, "sodium")
     proton = read_optional(args.proton, "proton")
     reference = read_optional(args.reference, "reference")
     mask = read_optional(args.mask, "mask")
     lesion = read_optional(args.lesion, "lesion")
     ponly = read_optional(args.proton_only, "proton-only")
+    check_report_point(args, sodium)
     on_progress, close = progress_printer(args, params.get("iterations"))
     try:
         run = denoise_volumes(sodium, proton, method=args.method, preset=args.preset, params=overrides,
@@ -162,12 +233,7 @@ def cmd_denoise(args) -> int:
                               proton_only=ponly, on_progress=on_progress)
     finally:
         close()
-    if args.bias_field and run.bias_field is None:
-        raise InputError(f"method {args.method!r} does not estimate a bias field; drop --bias-field")
-    paths = write_outputs(run, args.output, args.bias_field, args.metrics_json)
-    report = report_paths([run], args)
-    if report:
-        paths["report"] = report
+    paths = write_run([run], args, args.output, args.bias_field, args.metrics_json)
     print_run_summary(run, paths)
     return EXIT_OK
 
@@ -193,8 +259,15 @@ def print_run_summary(run, paths: dict) -> None:
 def cmd_metrics(args) -> int:
     from .io import read_volume, write_text_atomic
     from .metrics import compute_metrics, format_metrics_table
+    from .preflight import Plan
     from .resample import same_grid
 
+    plan = Plan()
+    plan.add_input("image", args.image)
+    for role in ("reference", "mask", "lesion", "proton_only"):
+        plan.add_input(role.replace("_", "-"), getattr(args, role))
+    plan.add_output("--json", args.json)
+    plan.check()
     image = read_volume(args.image, "image")
     arrays = {}
     for role in ("reference", "mask", "lesion", "proton_only"):
@@ -215,8 +288,19 @@ def cmd_metrics(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
+    from .methods import get_method
+    from .preflight import Plan, check_seed, run_parameters
 
-    run_demo(args.out, methods=[m for m in args.methods.split(",") if m], preset=args.preset, seed=args.seed,
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise InputError("--methods: expected a comma-separated list of method names, e.g. tv,dtv,dipfusion")
+    for name in methods:
+        run_parameters(get_method(name), args.preset, {})
+    seed = check_seed(args.seed)
+    plan = Plan()
+    plan.add_folder("--out", args.out)
+    plan.check()
+    run_demo(args.out, methods=methods, preset=args.preset, seed=seed,
              device=args.device, shape=_parse_shape(args.shape), quiet=args.quiet)
     return EXIT_OK
 
@@ -239,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--kind", default="head", choices=("head", "breast"))
     p.add_argument("--shape", default="48", help="sodium grid: N, NxNxN or NxN for a single slice (default 48)")
-    p.add_argument("--snr", type=float, default=10.0, help="mean brain signal / noise sigma (default 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--snr", type=finite_number, default=10.0, help="mean brain signal / noise sigma (default 10)")
+    p.add_argument("--seed", type=bounded_int, default=0)
     p.add_argument("--format", default="nrrd", choices=("nrrd", "nii.gz"))
     p.set_defaults(func=cmd_phantom)
 
@@ -260,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", metavar="PATH")
     p.add_argument("--lesion", metavar="PATH")
     p.add_argument("--proton-only", dest="proton_only", metavar="PATH")
-    p.add_argument("--proton-only-contrast", type=float, default=None,
+    p.add_argument("--proton-only-contrast", type=finite_number, default=None,
                    help="relative proton contrast of the proton-only structure (for leakage)")
     p.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
     p.set_defaults(func=cmd_metrics)
@@ -270,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="tv,dtv,dip,dipfusion", help="comma-separated methods")
     p.add_argument("--preset", default="fast")
     p.add_argument("--shape", default="32", help="phantom sodium grid (default 32^3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=bounded_int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .preflight import bounded_int, finite_number
 from .volume import Volume
 
 FORMATS = ("nrrd", "nii.gz")
@@ -27,9 +28,9 @@ def register_commands(subparsers) -> None:
     p = subparsers.add_parser("undersample", help="make an accelerated case from fully sampled multi-coil k-space")
     p.add_argument("--input", required=True, metavar="PATH", help="full k-space: .npz/.npy (key 'kspace') or ISMRMRD .h5")
     p.add_argument("--out", required=True, metavar="DIR", help="case folder to write (created if needed)")
-    p.add_argument("--acceleration", "-R", required=True, type=float, help="acceleration factor R >= 1 (2, 3, 4, 6, 8)")
-    p.add_argument("--seed", type=int, default=0, help="sampling pattern seed (same seed = same pattern)")
-    p.add_argument("--calibration", type=int, default=None, help="fully sampled centre, lines per phase-encode axis (default 12%% of the phase encodes, at least 4)")
+    p.add_argument("--acceleration", "-R", required=True, type=finite_number, help="acceleration factor R >= 1 (2, 3, 4, 6, 8)")
+    p.add_argument("--seed", type=bounded_int, default=0, help="sampling pattern seed (same seed = same pattern)")
+    p.add_argument("--calibration", type=bounded_int, default=None, help="fully sampled centre, lines per phase-encode axis (default 12%% of the phase encodes, at least 4)")
     p.add_argument("--combine", default="walsh", choices=("walsh", "sos"), help="coil combination of the reference")
     p.add_argument("--ordering", default="golden", help="radial spoke ordering of the input (golden: contiguous subset)")
     p.add_argument("--spacing", default=None, help="voxel size in mm 'x,y[,z]' when the file has none (default 1)")
@@ -43,8 +44,8 @@ def register_commands(subparsers) -> None:
     p.add_argument("--bias-field", metavar="PATH", help="write the estimated bias field here")
     p.add_argument("--combine", default="walsh", choices=("walsh", "sos"),
                    help="how coil sensitivities are estimated from the calibration region (default walsh)")
-    p.add_argument("--kernel", type=int, default=5, help="Walsh box size in voxels (default 5)")
-    p.add_argument("--noise-sigma", type=float, default=None, help="k-space noise std (default: from the periphery)")
+    p.add_argument("--kernel", type=bounded_int, default=5, help="Walsh box size in voxels (default 5)")
+    p.add_argument("--noise-sigma", type=finite_number, default=None, help="k-space noise std (default: from the periphery)")
     p.add_argument("--spacing", default=None, help="voxel size in mm 'x,y[,z]' when the file has none (default 1)")
     add_run_options(p, default_method="dipfusion")
     add_evaluation_options(p)
@@ -62,9 +63,18 @@ def _spacing_arg(text, ndim):
         sp = tuple(float(v) for v in str(text).replace("x", ",").split(",") if v)
     except ValueError:
         raise InputError(f"--spacing {text!r}: expected {ndim} numbers in mm, e.g. 4,4" + (",4" if ndim == 3 else "")) from None
-    if len(sp) != ndim or any(s <= 0 for s in sp):
+    if len(sp) != ndim or any(not np.isfinite(s) or s <= 0 for s in sp):
         raise InputError(f"--spacing {text!r}: expected {ndim} positive numbers in mm (x, y{', z' if ndim == 3 else ''})")
+    from .headers import check_spacing
+
+    check_spacing(sp, "--spacing", repr(text))
     return sp
+
+
+def _check_spacing_text(text) -> None:
+    """--spacing checked before the data is read (its number of values is checked once the data is known)."""
+    if text is not None:
+        _spacing_arg(text, len([v for v in str(text).replace("x", ",").split(",") if v]) or 1)
 
 
 def grid_volume(raw, spacing_override=None) -> Volume:
@@ -86,24 +96,34 @@ def grid_volume(raw, spacing_override=None) -> Volume:
     return Volume(np.zeros(shape3, np.float32), sp3, origin, direction)
 
 
-def _write_case_json(path: Path, record: dict) -> None:
-    from .io import write_text_atomic
-
-    write_text_atomic(json.dumps(record, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)), path)
-
-
 # ----------------------------------------------------------------------------------------------- undersample
-def cmd_undersample(args) -> int:
-    from .io import write_volume
-    from .kspace import undersample_case
-    from .rawio import RawData, read_raw, write_raw_npz
+def undersample_outputs(out: Path, fmt: str) -> dict:
+    """The files ``undersample`` writes into its case folder, by role."""
+    return {"kspace": out / "kspace.npz", "reference": out / f"reference.{fmt}", "mask": out / f"mask.{fmt}",
+            "case": out / "case.json"}
 
+
+def cmd_undersample(args) -> int:
+    from .io import stage_text, stage_volume
+    from .kspace import undersample_case
+    from .preflight import Plan, check_seed
+    from .rawio import RawData, read_raw, write_raw_npz
+    from .safewrite import Staging
     from .sampling import _check_r
 
     _check_r(args.acceleration)  # before reading anything
+    check_seed(args.seed)
+    if args.calibration is not None and not 1 <= args.calibration <= 4096:
+        raise InputError(f"--calibration {args.calibration}: expected a number of lines in 1..4096")
+    _check_spacing_text(args.spacing)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
+    targets = undersample_outputs(out, args.format)
+    plan = Plan()
+    plan.add_input("raw-data", args.input)
+    plan.add_folder("--out", out, [p.name for p in targets.values()])
+    for role, path in targets.items():
+        plan.add_output(f"--out {role}", path)
+    plan.check()
     raw = read_raw(args.input)
     if raw.domain != "kspace":
         raise InputError(f"{args.input}: holds coil images; undersample needs k-space (key 'kspace')")
@@ -112,23 +132,26 @@ def cmd_undersample(args) -> int:
     case = undersample_case(raw.data, args.acceleration, seed=args.seed, trajectory=raw.trajectory,
                             image_shape=raw.image_shape, mask=raw.mask, calibration=args.calibration,
                             coil_combination=args.combine, ordering=args.ordering)
-    out.mkdir(parents=True, exist_ok=True)
     ref = case.reference if case.reference.ndim == 3 else case.reference[None]
     under = RawData(case.kspace, "kspace", trajectory=case.trajectory, mask=case.mask, image_shape=case.image_shape,
                     spacing=tuple(grid.spacing[:raw.ndim]), origin=grid.origin, direction=grid.direction, noise=raw.noise)
-    paths = {"kspace": write_raw_npz(out / "kspace.npz", under),
-             "reference": write_volume(grid.with_array(ref.astype(np.float32)), out / f"reference.{args.format}")}
-    if case.mask is not None:
-        m = case.mask if case.mask.ndim == 3 else case.mask[None]
-        paths["mask"] = write_volume(grid.with_array(m.astype(np.float32)), out / f"mask.{args.format}")
-    record = {"source": str(args.input), "kind": "cartesian" if case.trajectory is None else "radial",
-              "acceleration_requested": case.requested, "acceleration": case.acceleration, "seed": case.seed,
-              "coils": int(case.kspace.shape[0]), "image_shape": list(case.image_shape),
-              "reference_combination": case.combination, "spacing_mm_xyz": list(grid.spacing),
-              "files": {k: Path(v).name for k, v in paths.items()}}
-    if case.spokes is not None:
-        record["spokes_kept"] = int(len(case.spokes))
-    _write_case_json(out / "case.json", record)
+    out.mkdir(parents=True, exist_ok=True)
+    with Staging() as staging:  # every file of the case, all-or-nothing
+        paths = {"kspace": write_raw_npz(targets["kspace"], under, staging=staging),
+                 "reference": stage_volume(staging, grid.with_array(ref.astype(np.float32)), targets["reference"])}
+        if case.mask is not None:
+            m = case.mask if case.mask.ndim == 3 else case.mask[None]
+            paths["mask"] = stage_volume(staging, grid.with_array(m.astype(np.float32)), targets["mask"])
+        record = {"source": str(args.input), "kind": "cartesian" if case.trajectory is None else "radial",
+                  "acceleration_requested": case.requested, "acceleration": case.acceleration, "seed": case.seed,
+                  "coils": int(case.kspace.shape[0]), "image_shape": list(case.image_shape),
+                  "reference_combination": case.combination, "spacing_mm_xyz": list(grid.spacing),
+                  "files": {k: Path(v).name for k, v in paths.items()}}
+        if case.spokes is not None:
+            record["spokes_kept"] = int(len(case.spokes))
+        stage_text(staging, json.dumps(record, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)),
+                   targets["case"])
+        staging.commit()
     print(f"undersampled {args.input}: R = {case.acceleration:.2f} (asked {case.requested:g}), seed {case.seed}, "
           f"{record['kind']}, {record['coils']} coils, reference by {case.combination}")
     for name, path in paths.items():
@@ -138,13 +161,21 @@ def cmd_undersample(args) -> int:
 
 # ----------------------------------------------------------------------------------------------- reconstruct
 def cmd_reconstruct(args) -> int:
-    from .cli import check_run_request, print_run_summary, progress_printer, read_optional
-    from .io import write_text_atomic
+    from .cli import check_run_request, print_run_summary, progress_printer, read_optional, write_run
     from .kspace import kspace_problem
-    from .pipeline import RunOutput, compute_run_metrics, normalise_proton, on_grid, run_method, write_outputs
+    from .pipeline import RunOutput, compute_run_metrics, normalise_proton, on_grid, run_method
     from .rawio import read_raw
 
-    spec, overrides, params = check_run_request(args)
+    from .report.cli import check_report_point
+
+    if args.noise_sigma is not None and not args.noise_sigma > 0:
+        raise InputError(f"--noise-sigma {args.noise_sigma}: expected a positive number")
+    if not 1 <= args.kernel <= 64:
+        raise InputError(f"--kernel {args.kernel}: expected a Walsh box size in 1..64 voxels")
+    _check_spacing_text(args.spacing)
+    inputs = {"raw-data": args.input, "proton": args.proton, "reference": args.reference, "mask": args.mask,
+              "lesion": args.lesion, "proton-only": args.proton_only}
+    spec, overrides, params = check_run_request(args, inputs)
     if not spec.supports_kspace:
         raise InputError(f"method {args.method!r} works on images only; it cannot reconstruct from k-space")
     raw = read_raw(args.input)
@@ -160,6 +191,7 @@ def cmd_reconstruct(args) -> int:
     ponly = read_optional(args.proton_only, "proton-only")
     if spec.needs_proton and proton is None:
         raise InputError(f"method {args.method!r} needs a proton volume (--proton)")
+    check_report_point(args, grid)
     p = normalise_proton(sq(on_grid(proton, grid, "proton", label=False)))
     ref = sq(on_grid(reference, grid, "reference", label=False))
     user_mask = sq(on_grid(mask, grid, "mask", label=True))
@@ -203,19 +235,10 @@ def cmd_reconstruct(args) -> int:
                     stop_iteration=result.stop_iteration, iterations=result.iterations, seconds=info["seconds"],
                     peak_memory_mb=info["peak_memory_mb"], extras=extras, device=info["device"], seed=args.seed,
                     inputs=inputs, scale=kp.scale)
-    paths = write_outputs(run, args.output, args.bias_field, args.metrics_json)
-    from .cli import report_paths
-
-    report = report_paths([run], args)
-    if report:
-        paths["report"] = report
     kinfo = {"kind": kp.kind, "coils": int(raw.n_coils), "coil_combination": kp.combination,
              "noise_sigma": kp.noise_sigma, "noise_source": kp.noise_source, "scale": kp.scale,
              "acceleration": kp.details.get("acceleration")}
-    if args.metrics_json:
-        record = json.loads(Path(args.metrics_json).read_text())
-        record["kspace"] = kinfo
-        write_text_atomic(json.dumps(record, indent=2, default=float), args.metrics_json)
+    paths = write_run([run], args, args.output, args.bias_field, args.metrics_json, summary_extra={"kspace": kinfo})
     print(f"k-space: {kp.kind}, {raw.n_coils} coils, sensitivities by {kp.combination}, noise sigma "
           f"{kp.noise_sigma:.4g} ({kp.noise_source})")
     print_run_summary(run, paths)

@@ -32,31 +32,78 @@ def read_volume(path, role: str = "volume", allow_2d: bool = True) -> Volume:
     """Read a scalar 2D/3D image (file or DICOM series folder) as a float32 Volume and validate it.
 
     ``role`` names the input in error messages ("sodium", "proton", ...). Raises InputError for a missing or
-    unreadable file, 4D or vector data, NaN/inf values, or an all-zero image.
+    unreadable file, a file that disagrees with its header (truncated; see ``headers.verify_image_file``),
+    complex, 4D or vector data, NaN/inf values, an all-zero image, unusable spacing, non-orthonormal (sheared)
+    axis directions, or a DICOM series whose slices are not evenly spaced. Library warnings are not printed.
     """
     import SimpleITK as sitk
+
+    from .headers import verify_image_file
 
     path = Path(path)
     if not path.exists():
         raise InputError(f"{role} file not found: {path}")
+    if path.is_dir():
+        image = _read_dicom_series(path, role)
+    else:
+        verify_image_file(path, role)
+        image = _quiet_read(lambda: sitk.ReadImage(str(path)), role, path)
+    volume = _to_volume(image, role, path)
+    if volume.ndim == 2 and not allow_2d:
+        raise InputError(f"{role} {path}: expected a 3D volume, got a 2D image")
+    validate_volume(volume, role, source=path)
+    return volume
+
+
+def _quiet_read(read, role: str, path: Path):
+    """Run a SimpleITK read with ITK / NIfTI-library warnings silenced (also those printed straight to the
+    process's stderr); a failure becomes one InputError line."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise InputError(f"{role}: folder {path} holds no DICOM series")
-            if len(series) > 1:
-                raise InputError(f"{role}: folder {path} holds {len(series)} DICOM series; expected exactly one")
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(path))
-    except InputError:
-        raise
+        with _stderr_captured() as captured:
+            return read()
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((ln for ln in first if "ERROR" in ln or "exception" in ln.lower()), first[-1] if first else "")
-        raise InputError(f"cannot read {role} file {path}: not a readable NIfTI/NRRD/MHA/DICOM image ({detail.strip()[:160]})") from None
+        lines = [ln for ln in (str(exc) + "\n" + captured.get("text", "")).strip().splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "ERROR" in ln or "exception" in ln.lower()), lines[-1] if lines else "")
+        raise InputError(f"cannot read {role} file {path}: not a readable NIfTI/NRRD/MHA/DICOM image "
+                         f"({detail.strip()[:160]})") from None
+
+
+@contextmanager
+def _stderr_captured():
+    """Point file descriptor 2 at a temporary file for the block (C libraries print there directly); yields a
+    dict whose "text" holds what was printed once the block ends."""
+    import sys
+
+    out = {}
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield out
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            out["text"] = sink.read().decode("utf-8", errors="replace")
+
+
+def _to_volume(image, role: str, path: Path) -> Volume:
+    """A SimpleITK image as a Volume after checking pixel type, dimension and geometry."""
+    import SimpleITK as sitk
+
+    from .headers import check_direction, check_spacing
+
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise InputError(f"{role} file {path}: holds complex voxels; expected a real (magnitude) image -- "
+                         "save the magnitude")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{role} {path}: expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
     dim = image.GetDimension()
@@ -68,43 +115,62 @@ def read_volume(path, role: str = "volume", allow_2d: bool = True) -> Volume:
             raise InputError(f"{role} {path}: expected a 3D volume (or a 2D slice), got 4D data of size {size}")
     elif dim not in (2, 3):
         raise InputError(f"{role} {path}: expected a 2D or 3D image, got {dim}D")
-    volume = from_sitk(image)
-    if not path.is_dir() and _nifti_nonfinite_count(path):
-        raise InputError(f"{role} ({path}) contains {_nifti_nonfinite_count(path)} NaN or infinite voxel(s); "
-                         "expected finite values")
-    if volume.ndim == 2 and not allow_2d:
-        raise InputError(f"{role} {path}: expected a 3D volume, got a 2D image")
-    validate_volume(volume, role, source=path)
-    return volume
+    dim = image.GetDimension()
+    check_spacing(image.GetSpacing(), role, f"file {path}")
+    if not np.all(np.isfinite(image.GetOrigin())):
+        raise InputError(f"{role} file {path}: the origin {list(image.GetOrigin())} is not finite; expected finite mm")
+    check_direction(np.asarray(image.GetDirection()).reshape(dim, dim), role, f"file {path}")
+    return from_sitk(image)
 
 
-def _nifti_nonfinite_count(path: Path) -> int:
-    """NaN/inf voxels stored in a floating-point NIfTI-1 file.
+def _read_dicom_series(path: Path, role: str):
+    """One DICOM series from a folder, refusing uneven slice positions (missing or duplicated slices)."""
+    import SimpleITK as sitk
 
-    ITK's NIfTI reader silently replaces NaN by 0, so non-finite voxels are counted from the file itself.
-    """
-    name = path.name.lower()
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        return 0
-    import gzip
+    def names():
+        reader = sitk.ImageSeriesReader()
+        series = reader.GetGDCMSeriesIDs(str(path))
+        if not series:
+            raise InputError(f"{role}: folder {path} holds no DICOM series")
+        if len(series) > 1:
+            raise InputError(f"{role}: folder {path} holds {len(series)} DICOM series; expected exactly one")
+        return reader.GetGDCMSeriesFileNames(str(path), series[0])
 
-    opener = gzip.open if name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return 0
-    for endian in ("<", ">"):
-        if len(raw) >= 352 and np.frombuffer(raw[:4], endian + "i4")[0] == 348:
-            break
-    else:
-        return 0  # not NIfTI-1 (e.g. NIfTI-2): nothing more we can check here
-    dtype = {16: "f4", 64: "f8"}.get(int(np.frombuffer(raw[70:72], endian + "i2")[0]))
-    if dtype is None:
-        return 0  # integer data cannot hold NaN
-    offset = int(np.frombuffer(raw[108:112], endian + "f4")[0])
-    data = np.frombuffer(raw, endian + dtype, offset=offset, count=(len(raw) - offset) // int(dtype[1]))
-    return int((~np.isfinite(data)).sum())
+    files = _quiet_read(names, role, path)
+    if len(files) > 2:
+        _check_slice_positions(files, role, path)
+
+    def read():
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        return reader.Execute()
+
+    return _quiet_read(read, role, path)
+
+
+def _check_slice_positions(files, role: str, folder: Path) -> None:
+    """Refuse a series whose slice positions along the slice normal are not evenly spaced."""
+    import SimpleITK as sitk
+
+    positions, normal = [], None
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        try:
+            pos = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+            if normal is None:
+                cosines = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+                normal = np.cross(cosines[:3], cosines[3:6])
+        except (RuntimeError, ValueError, IndexError):
+            return  # no position information: the reader's own geometry is all there is
+        positions.append(float(np.dot(pos, normal)))
+    gaps = np.diff(np.sort(positions))
+    step = float(np.median(gaps))
+    if step <= 0 or np.abs(gaps - step).max() > max(0.01, 0.05 * step):
+        bad = int(np.argmax(np.abs(gaps - step)))
+        raise InputError(f"{role}: DICOM series in {folder} is not evenly spaced (slice gap {gaps[bad]:.3g} mm where "
+                         f"the series steps {step:.3g} mm: missing or duplicated slices); expected a complete series")
 
 
 def validate_volume(volume: Volume, role: str = "volume", source=None) -> None:
@@ -124,8 +190,11 @@ def validate_volume(volume: Volume, role: str = "volume", source=None) -> None:
 
 
 def check_output_path(path, role: str = "output") -> Path:
-    """Validate before any work starts that ``path`` can be written (known suffix, writable folder)."""
+    """Validate before any work starts that ``path`` can be written (known suffix, legal name, writable folder)."""
+    from .preflight import check_name
+
     path = Path(path)
+    check_name(path, role)
     if not _suffix(path):
         raise InputError(f"{role} path {path}: unknown file type; expected one of {', '.join(WRITE_SUFFIXES)}")
     parent = path.parent if str(path.parent) else Path(".")
@@ -149,15 +218,25 @@ def can_create_in(folder: Path) -> bool:
     return True
 
 
+def umask_mode() -> int:
+    """Permissions an ordinary new file gets under the process's umask (0o666 & ~umask)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_target(path, suffix: str = ""):
     """Yield a temporary file path beside ``path``; renamed onto ``path`` when the block succeeds, removed when
-    it fails, so readers never see a half-written file. ``suffix`` keeps the format SimpleITK/numpy infer."""
+    it fails, so readers never see a half-written file. ``suffix`` keeps the format SimpleITK/numpy infer.
+    The file gets the umask's permissions (not mkstemp's 0600). For a single self-contained file only; a
+    result made of several files goes through ``safewrite.Staging``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent if str(path.parent) else ".")
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -165,26 +244,52 @@ def atomic_target(path, suffix: str = ""):
         raise
 
 
-def write_volume(volume: Volume, path, compress: bool = True) -> Path:
-    """Write ``volume`` (float32) to ``path`` atomically; the format follows the suffix."""
+def stage_volume(staging, volume: Volume, path, compress: bool = True) -> Path:
+    """Render ``volume`` (float32) into ``staging`` (a ``safewrite.Staging``) for ``path``; the format follows
+    the suffix. A detached header (.nhdr / .mhd) names its data file by its final name."""
     import SimpleITK as sitk
 
     path = check_output_path(path)
     suffix = _suffix(path)
     image = to_sitk(volume.with_array(np.asarray(volume.array, dtype=np.float32)))
-    with atomic_target(path, suffix) as tmp:
-        sitk.WriteImage(image, tmp, useCompression=compress and suffix != ".nii")
+    target = staging.path_for(path)
+    sitk.WriteImage(image, str(target), useCompression=compress and suffix != ".nii")
+    return path
+
+
+def write_volume(volume: Volume, path, compress: bool = True) -> Path:
+    """Write ``volume`` (float32) to ``path`` all-or-nothing; the format follows the suffix."""
+    from .safewrite import Staging
+
+    with Staging() as staging:
+        path = stage_volume(staging, volume, path, compress)
+        staging.commit()
+    return path
+
+
+def stage_text(staging, text: str, path) -> Path:
+    """Render a text file (JSON, YAML) into ``staging`` for ``path``."""
+    from .preflight import check_name
+    from .safewrite import write_text_file
+
+    path = Path(path)
+    check_name(path, "output")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir() or not can_create_in(parent):
+        raise InputError(f"cannot write {path}: folder {parent} does not exist or is not writable")
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder; expected a file name")
+    write_text_file(staging.path_for(path), text)
     return path
 
 
 def write_text_atomic(text: str, path) -> Path:
-    """Write a text file (JSON, YAML) atomically."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir() or not can_create_in(parent):
-        raise InputError(f"cannot write {path}: folder {parent} does not exist or is not writable")
-    with atomic_target(path, path.suffix) as tmp, open(tmp, "w") as fh:
-        fh.write(text)
+    """Write a text file (JSON, YAML) all-or-nothing."""
+    from .safewrite import Staging
+
+    with Staging() as staging:
+        path = stage_text(staging, text, path)
+        staging.commit()
     return path
 
 

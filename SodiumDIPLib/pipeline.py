@@ -305,32 +305,72 @@ def default_params_path(output_path) -> Path:
     return output_path.with_name(name + ".params.json")
 
 
-def write_outputs(run: RunOutput, output_path, bias_field_path=None, metrics_json=None, params_path=None) -> dict:
-    """Write the result (and bias field, metrics JSON, parameter file) all-or-nothing. Returns the paths."""
-    targets = {"output": check_output_path(output_path)}
+def output_files(output_path, bias_field_path=None, metrics_json=None, params_path=None) -> dict:
+    """Every file ``write_outputs`` writes for these arguments, by role (companions of detached headers
+    included), so a pre-flight can check them all before the run."""
+    from .preflight import check_name
+
+    files = {"output": Path(output_path)}
+    if bias_field_path is not None:
+        files["bias-field"] = Path(bias_field_path)
+    files["params"] = Path(params_path) if params_path is not None else default_params_path(output_path)
+    if metrics_json is not None:
+        files["metrics-json"] = Path(metrics_json)
+    for role, path in files.items():
+        check_name(path, role)
+    return files
+
+
+def detached_data_files(path) -> list:
+    """The data files SimpleITK writes beside a detached header (.nhdr: .raw / .raw.gz; .mhd: .raw / .zraw)."""
+    path = Path(path)
+    name = path.name
+    for suffix, data in ((".nhdr", (".raw", ".raw.gz")), (".mhd", (".raw", ".zraw"))):
+        if name.lower().endswith(suffix):
+            stem = name[: -len(suffix)]
+            return [path.with_name(stem + d) for d in data]
+    return []
+
+
+def stage_outputs(staging, run: RunOutput, output_path, bias_field_path=None, metrics_json=None, params_path=None,
+                  summary_extra: Optional[dict] = None) -> dict:
+    """Render a result's files (volume, bias field, parameter file, metrics JSON) into ``staging``; nothing
+    reaches its destination before ``staging.commit()``. Returns {role: final path}."""
+    from .io import stage_text, stage_volume
+
+    files = output_files(output_path, bias_field_path, metrics_json, params_path)
+    check_output_path(files["output"])
     if bias_field_path is not None:
         if run.bias_field is None:
             raise InputError(f"method {run.method!r} does not estimate a bias field; drop --bias-field")
-        targets["bias_field"] = check_output_path(bias_field_path, "bias-field")
-    params_path = Path(params_path) if params_path is not None else default_params_path(output_path)
-    written = []
-    try:
-        written.append(write_volume(run.output, targets["output"]))
-        if "bias_field" in targets:
-            written.append(write_volume(run.bias_field, targets["bias_field"]))
-        record = {"method": run.method, "preset": run.preset, "seed": run.seed, "device": run.device,
-                  "version": run.version, "params": run.params}
-        written.append(write_text_atomic(json.dumps(record, indent=2, default=json_default), params_path))
-        if metrics_json is not None:
-            written.append(write_text_atomic(json.dumps(run.summary(), indent=2, default=json_default), metrics_json))
-    except BaseException:
-        for path in written:  # all-or-nothing: a failure part-way removes what this call wrote
-            Path(path).unlink(missing_ok=True)
-        raise
-    paths = {k: str(v) for k, v in targets.items()}
-    paths["params"] = str(params_path)
-    if metrics_json is not None:
-        paths["metrics_json"] = str(metrics_json)
+        check_output_path(files["bias-field"], "bias-field")
+    stage_volume(staging, run.output, files["output"])
+    if "bias-field" in files:
+        stage_volume(staging, run.bias_field, files["bias-field"])
+    record = {"method": run.method, "preset": run.preset, "seed": run.seed, "device": run.device,
+              "version": run.version, "params": run.params}
+    stage_text(staging, json.dumps(record, indent=2, default=json_default), files["params"])
+    if "metrics-json" in files:
+        summary = run.summary()
+        summary.update(summary_extra or {})
+        stage_text(staging, json.dumps(summary, indent=2, default=json_default), files["metrics-json"])
+    paths = {"output": str(files["output"]), "params": str(files["params"])}
+    if "bias-field" in files:
+        paths["bias_field"] = str(files["bias-field"])
+    if "metrics-json" in files:
+        paths["metrics_json"] = str(files["metrics-json"])
+    return paths
+
+
+def write_outputs(run: RunOutput, output_path, bias_field_path=None, metrics_json=None, params_path=None,
+                  summary_extra: Optional[dict] = None) -> dict:
+    """Write the result (and bias field, metrics JSON, parameter file) all-or-nothing: every file is rendered
+    first, then all are moved into place; a failure leaves every destination as it was. Returns the paths."""
+    from .safewrite import Staging
+
+    with Staging() as staging:
+        paths = stage_outputs(staging, run, output_path, bias_field_path, metrics_json, params_path, summary_extra)
+        staging.commit()
     return paths
 
 
@@ -339,7 +379,13 @@ def load_params_file(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"parameter file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"parameter file {path} is not UTF-8 text (byte {exc.start}); expected a JSON or YAML "
+                         "text file") from None
+    except OSError as exc:
+        raise InputError(f"parameter file {path} cannot be read ({exc.strerror or exc})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml

@@ -16,6 +16,7 @@ field of view's centre, ISMRMRD's patient coordinates = DICOM LPS).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -26,6 +27,8 @@ from .errors import InputError
 from .io import atomic_target
 
 NUMPY_SUFFIXES = (".npz", ".npy")
+#: Largest image size per axis accepted from a raw-data file.
+MAX_GRID = 4096
 ISMRMRD_SUFFIXES = (".h5", ".hdf5", ".mrd", ".ismrmrd")
 
 
@@ -111,9 +114,47 @@ def validate_raw(raw: RawData, path="<array>") -> RawData:
         sp = tuple(float(s) for s in raw.spacing)
         if len(sp) != len(raw.image_shape) or any(not np.isfinite(s) or s <= 0 for s in sp):
             _fail(path, f"spacing {raw.spacing} must hold {len(raw.image_shape)} positive values in mm (x, y[, z])")
+        from .headers import check_spacing
+
+        check_spacing(sp, "raw data", path)
         raw.spacing = sp
+    if raw.origin is not None:
+        o = np.asarray(raw.origin, dtype=float).ravel()
+        if o.size != 3 or not np.all(np.isfinite(o)):
+            _fail(path, f"origin {o.tolist()} must hold 3 finite values in mm (LPS)")
+        raw.origin = tuple(float(v) for v in o)
+    if raw.direction is not None:
+        from .headers import check_direction
+
+        d = np.asarray(raw.direction, dtype=float)
+        if d.shape != (3, 3):
+            _fail(path, f"direction must be a 3x3 matrix, got shape {d.shape}")
+        check_direction(d, "raw data", path)
+        raw.direction = d
+    if raw.noise is not None and not np.all(np.isfinite(raw.noise)):
+        _fail(path, "the noise samples hold NaN or infinite values; expected finite complex samples")
+    _check_grid_memory(raw, path)
     raw.source = str(path)
     return raw
+
+
+def memory_limit_bytes() -> int:
+    """Largest single array a run may ask for: half of this machine's physical memory (64 GiB if unknown)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (ValueError, OSError, AttributeError):
+        return 64 * 2 ** 30
+
+
+def _check_grid_memory(raw: RawData, path) -> None:
+    """Refuse an image grid whose multi-coil complex images would not fit in memory (before any allocation)."""
+    shape = tuple(raw.image_shape)
+    if any(int(n) < 2 or int(n) > MAX_GRID for n in shape):
+        _fail(path, f"image_shape {shape} is not usable; expected 2..{MAX_GRID} voxels per axis")
+    need = float(raw.n_coils) * float(np.prod([float(n) for n in shape])) * 8 * 2  # complex64, oversampled
+    if need > memory_limit_bytes():
+        _fail(path, f"image_shape {shape} with {raw.n_coils} coils needs about {need / 2 ** 30:.1f} GiB; this machine "
+                    f"allows {memory_limit_bytes() / 2 ** 30:.1f} GiB per array; expected a smaller grid")
 
 
 def read_raw(path, domain: Optional[str] = None) -> RawData:
@@ -135,43 +176,103 @@ def read_raw(path, domain: Optional[str] = None) -> RawData:
 
 
 def _read_numpy(path: Path, domain: Optional[str]) -> RawData:
+    """Read .npy / .npz without pickles, refusing arrays too large for memory before loading them."""
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except Exception as exc:  # numpy raises several types for corrupt files
-        raise InputError(f"raw data {path}: cannot read as NumPy ({type(exc).__name__}: {exc})") from None
+        return _read_numpy_checked(path, domain)
+    except InputError:
+        raise
+    except (ValueError, TypeError, OverflowError, OSError, KeyError, EOFError, RuntimeError) as exc:
+        _fail(path, f"cannot read as NumPy ({type(exc).__name__}: {str(exc)[:120]}); expected numeric arrays "
+                    "(no pickled objects)")
+    except Exception as exc:  # noqa: BLE001 - zipfile / numpy raise many types for corrupt files
+        _fail(path, f"cannot read as NumPy ({type(exc).__name__}); expected a valid .npz / .npy file")
+
+
+def _check_array_header(path, key, shape, dtype) -> None:
+    if dtype.hasobject:
+        _fail(path, f"array {key!r} holds Python objects (pickled); expected numeric arrays")
+    size = float(np.prod([float(n) for n in shape])) * max(dtype.itemsize, 8)
+    if size > memory_limit_bytes():
+        _fail(path, f"array {key!r} of shape {tuple(shape)} needs about {size / 2 ** 30:.1f} GiB; this machine allows "
+                    f"{memory_limit_bytes() / 2 ** 30:.1f} GiB per array")
+
+
+def _npz_headers(z, path) -> None:
+    """Shape and dtype of every array in an .npz from its header (nothing loaded)."""
+    for member in z.zip.namelist():
+        with z.zip.open(member) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        _check_array_header(path, member[:-4] if member.endswith(".npy") else member, shape, dtype)
+
+
+def _numbers(z, key, path, n=None, integer=False) -> tuple:
+    arr = np.asarray(z[key])
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        _fail(path, f"{key!r} must hold real numbers, got dtype {arr.dtype}")
+    vals = arr.ravel().astype(float)
+    if not np.all(np.isfinite(vals)):
+        _fail(path, f"{key!r} = {vals.tolist()[:9]} holds NaN or infinite values; expected finite numbers")
+    if n is not None and vals.size != n:
+        _fail(path, f"{key!r} must hold {n} values, got {vals.size}")
+    if integer:
+        if not np.all(vals == np.round(vals)) or np.any(np.abs(vals) > MAX_GRID):
+            _fail(path, f"{key!r} = {vals.tolist()} must hold whole numbers up to {MAX_GRID}")
+        return tuple(int(v) for v in vals)
+    return tuple(float(v) for v in vals)
+
+
+def _read_numpy_checked(path: Path, domain: Optional[str]) -> RawData:
+    loaded = np.load(path, allow_pickle=False, mmap_mode="r")
     if isinstance(loaded, np.ndarray):
+        _check_array_header(path, "array", loaded.shape, loaded.dtype)
+        if not np.issubdtype(loaded.dtype, np.number):
+            _fail(path, "the data array is not numeric")
         return RawData(np.asarray(loaded).astype(np.complex64), domain or "kspace")
     with loaded as z:
+        _npz_headers(z, path)
         keys = set(z.files)
         if ("kspace" in keys) == ("images" in keys):
             _fail(path, f"expected exactly one of the keys 'kspace' or 'images'; found {sorted(keys)}")
         dom = "kspace" if "kspace" in keys else "image"
-        if not np.issubdtype(z[dom if dom == "kspace" else "images"].dtype, np.number):
+        key = "kspace" if dom == "kspace" else "images"
+        data = z[key]
+        if not np.issubdtype(data.dtype, np.number):
             _fail(path, "the data array is not numeric")
-        data = np.asarray(z["kspace" if dom == "kspace" else "images"]).astype(np.complex64)
-        traj = z["trajectory"] if "trajectory" in keys else (z["traj"] if "traj" in keys else None)
-        raw = RawData(data, dom)
-        if traj is not None:
-            raw.trajectory = np.asarray(traj, dtype=np.float32)
+        raw = RawData(np.asarray(data).astype(np.complex64), dom)
+        traj_key = "trajectory" if "trajectory" in keys else ("traj" if "traj" in keys else None)
+        if "image_shape" in keys:
+            raw.image_shape = _numbers(z, "image_shape", path, integer=True)
+        if traj_key is not None:
             if "image_shape" not in keys:
                 _fail(path, "radial data (with a trajectory) needs the key 'image_shape'")
-        if "image_shape" in keys:
-            raw.image_shape = tuple(int(s) for s in np.asarray(z["image_shape"]).ravel())
+            if raw.data.ndim >= 1:  # before the trajectory is loaded and any NUFFT grid is allocated
+                _check_grid_memory(RawData(raw.data, dom, image_shape=raw.image_shape), path)
+            traj = np.asarray(z[traj_key])
+            if not np.issubdtype(traj.dtype, np.number) or np.iscomplexobj(traj):
+                _fail(path, f"the trajectory must hold real numbers, got dtype {traj.dtype}")
+            raw.trajectory = traj.astype(np.float32)
+            if not np.all(np.isfinite(raw.trajectory)):
+                _fail(path, "the trajectory holds NaN or infinite values; expected finite cycles/pixel")
         if "mask" in keys:
             raw.mask = np.asarray(z["mask"]).astype(bool)
         if "spacing" in keys:
-            raw.spacing = tuple(float(s) for s in np.asarray(z["spacing"]).ravel())
+            raw.spacing = _numbers(z, "spacing", path)
         if "origin" in keys:
-            raw.origin = tuple(float(s) for s in np.asarray(z["origin"]).ravel())
+            raw.origin = _numbers(z, "origin", path, n=3)
         if "direction" in keys:
-            raw.direction = np.asarray(z["direction"], dtype=float).reshape(3, 3)
+            raw.direction = np.asarray(_numbers(z, "direction", path, n=9)).reshape(3, 3)
         if "noise" in keys:
             raw.noise = np.asarray(z["noise"]).astype(np.complex64)
     return raw
 
 
-def write_raw_npz(path, raw: RawData) -> Path:
-    """Write RawData to .npz (keys as in the module doc), atomically."""
+def write_raw_npz(path, raw: RawData, staging=None) -> Path:
+    """Write RawData to .npz (keys as in the module doc), atomically; into ``staging`` (a
+    ``safewrite.Staging``) when given, so it reaches ``path`` only on ``staging.commit()``."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -187,6 +288,9 @@ def write_raw_npz(path, raw: RawData) -> Path:
     for key in ("spacing", "origin"):
         if getattr(raw, key) is not None:
             arrays[key] = np.asarray(getattr(raw, key), dtype=float)
+    if staging is not None:
+        np.savez_compressed(staging.path_for(path), **arrays)
+        return path
     with atomic_target(path, ".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
     return path
@@ -203,11 +307,39 @@ def _read_ismrmrd(path: Path) -> RawData:
         import ismrmrd
     except ImportError:
         raise InputError("reading ISMRMRD files needs the 'ismrmrd' package (pip install ismrmrd)") from None
+    dset = _open_ismrmrd_read_only(ismrmrd, path)
     try:
-        dset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
-    except Exception as exc:
-        raise InputError(f"raw data {path}: not a readable ISMRMRD file ({type(exc).__name__}: {exc})") from None
+        return _read_ismrmrd_dataset(ismrmrd, dset, path)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - h5py / ismrmrd raise many types for malformed files
+        _fail(path, f"malformed ISMRMRD content ({type(exc).__name__}: {str(exc)[:120]})")
+    finally:
+        dset.close()
+
+
+def _open_ismrmrd_read_only(ismrmrd, path: Path):
+    """An ismrmrd.Dataset on the file opened read-only (h5py mode "r": the input is never created or changed)."""
+    import h5py
+
+    if path.stat().st_size == 0:
+        _fail(path, "is an empty file; expected an ISMRMRD HDF5 file")
     try:
+        try:
+            dset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False, mode="r")
+        except TypeError:  # an ismrmrd without the mode argument: open the file ourselves, read-only
+            dset = ismrmrd.Dataset.__new__(ismrmrd.Dataset)
+            dset._file, dset._dataset_name = h5py.File(str(path), "r"), "dataset"
+    except Exception as exc:  # noqa: BLE001
+        _fail(path, f"not a readable ISMRMRD file ({type(exc).__name__}: {str(exc)[:120]})")
+    if "dataset" not in dset._file or "xml" not in dset._file["dataset"]:
+        dset.close()
+        _fail(path, "holds no ISMRMRD 'dataset' group with an XML header; expected an ISMRMRD file")
+    return dset
+
+
+def _read_ismrmrd_dataset(ismrmrd, dset, path: Path) -> RawData:
+    if True:
         try:
             header = ismrmrd.xsd.CreateFromDocument(dset.read_xml_header())
         except Exception as exc:
@@ -273,12 +405,13 @@ def _read_ismrmrd(path: Path) -> RawData:
             raw.direction = direction
             raw.origin = tuple(np.asarray(first.position[:], float) - direction @ (sp3 * centre_idx))
         return raw
-    finally:
-        dset.close()
 
 
 def _cartesian_from_acqs(path, lines, n_coils, matrix_xyz, c1, c2):
     nx, ny, nz = matrix_xyz
+    probe = RawData(np.zeros((max(n_coils, 1), 1), np.complex64), "kspace",
+                    image_shape=(nz, ny, nx) if nz > 1 else (ny, nx))
+    _check_grid_memory(probe, path)  # the header's matrix, before the k-space array is allocated
     ksp = np.zeros((n_coils, nz, ny, nx), np.complex64)
     count = np.zeros((nz, ny), np.int32)
     for acq in lines:

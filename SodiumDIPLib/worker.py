@@ -122,10 +122,25 @@ def load_job(path) -> dict:
     if not path.is_file():
         raise BadJob(f"job file not found: {path}")
     try:
-        job = json.loads(path.read_text())
+        job = json.loads(path.read_bytes().decode("utf-8"), parse_float=_finite_float, parse_constant=_no_constant)
+    except UnicodeDecodeError as exc:
+        raise BadJob(f"job file {path} is not UTF-8 text (byte {exc.start}); expected a JSON object") from None
+    except RecursionError:
+        raise BadJob(f"job file {path} is nested too deeply; expected a flat JSON object") from None
     except (OSError, ValueError) as exc:
-        raise BadJob(f"job file {path} is not valid JSON: {exc}") from None
+        raise BadJob(f"job file {path} is not valid JSON: {' '.join(str(exc).split())[:200]}") from None
     return validate_job(job, base=path.parent)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:30]} is out of range; expected finite numbers")
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number; expected finite numbers")
 
 
 def validate_job(job, base: Path = Path(".")) -> dict:
@@ -142,9 +157,12 @@ def validate_job(job, base: Path = Path(".")) -> dict:
     if bad:
         raise BadJob(f"unknown input role(s) {sorted(bad)}; expected some of {list(INPUT_ROLES)}")
     out = dict(job)
+    for role, value in inputs.items():
+        if value is not None and not isinstance(value, str):
+            raise BadJob(f"job.inputs.{role} must be a file path (a string), got {str(value)[:40]!r}")
     out["inputs"] = {k: str(_resolve(v, base)) for k, v in inputs.items() if v}
-    if not job.get("output_dir"):
-        raise BadJob("job.output_dir is required (a folder for the result files)")
+    if not job.get("output_dir") or not isinstance(job["output_dir"], str):
+        raise BadJob("job.output_dir is required (a folder for the result files, as a string)")
     out["output_dir"] = str(_resolve(job["output_dir"], base))
     out["method"] = str(job.get("method", "dipfusion"))
     out["preset"] = str(job.get("preset", "balanced"))
@@ -152,12 +170,22 @@ def validate_job(job, base: Path = Path(".")) -> dict:
     if not isinstance(params, dict):
         raise BadJob("job.params must be an object of parameter overrides")
     out["params"] = params
+    from .errors import InputError
+    from .preflight import check_seed
+
     try:
-        out["seed"] = int(job.get("seed", 0))
-        out["snapshot_interval_s"] = float(job.get("snapshot_interval_s", 3.0))
-        out["progress_interval_s"] = float(job.get("progress_interval_s", 0.0))
-    except (TypeError, ValueError) as exc:
-        raise BadJob(f"job.seed / snapshot_interval_s / progress_interval_s must be numbers: {exc}") from None
+        out["seed"] = check_seed(job.get("seed", 0), "job.seed")
+    except InputError as exc:
+        raise BadJob(str(exc)) from None
+    for key, default in (("snapshot_interval_s", 3.0), ("progress_interval_s", 0.0)):
+        value = job.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)) \
+                or abs(float(value)) > 1e9:
+            raise BadJob(f"job.{key} must be a finite number of seconds, got {str(value)[:40]!r}")
+        out[key] = float(value)
+    for key in ("method", "preset", "device"):
+        if key in job and not isinstance(job[key], str):
+            raise BadJob(f"job.{key} must be a string, got {str(job[key])[:40]!r}")
     out["device"] = str(job.get("device", "auto"))
     mode = job.get("mode", "volume")
     if mode not in ("volume", "slice"):
@@ -171,12 +199,14 @@ def validate_job(job, base: Path = Path(".")) -> dict:
         if axis not in AXES and axis not in (0, 1, 2):
             raise BadJob(f"job.slice.axis must be 'i', 'j' or 'k', got {axis!r}")
         try:
+            if isinstance(sl["index"], bool) or float(sl["index"]) != int(sl["index"]):
+                raise ValueError(sl["index"])
             index = int(sl["index"])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise BadJob(f"job.slice.index must be an integer, got {sl['index']!r}") from None
         out["slice"] = {"axis": axis if axis in AXES else "ijk"[axis], "index": index}
     plugins = job.get("plugins") or []
-    if not isinstance(plugins, list):
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise BadJob("job.plugins must be a list of Python file paths")
     out["plugins"] = [str(_resolve(p, base)) for p in plugins]
     for role, path in out["inputs"].items():  # checked here, before the slow imports
@@ -186,6 +216,13 @@ def validate_job(job, base: Path = Path(".")) -> dict:
 
 
 def _resolve(p, base: Path) -> Path:
+    from .errors import InputError
+    from .preflight import check_name
+
+    try:
+        check_name(str(p), "job path")
+    except InputError as exc:
+        raise BadJob(str(exc)) from None
     p = Path(str(p)).expanduser()
     return p if p.is_absolute() else (base / p)
 
@@ -325,14 +362,43 @@ def _iteration_budget(method: str, preset: str, overrides: dict):
     return None
 
 
+#: Files the worker writes into job.output_dir (glob patterns).
+OUTPUT_FILES = ("output.nrrd", "bias_field.nrrd", "metrics.json", "params.json", "snapshot_*.nrrd")
+
+
+def preflight(job: dict) -> None:
+    """Everything that can be checked before reading or computing: method, preset, every parameter (range-
+    checked), device, the inputs (present, readable) and the output folder (legal, writable, holding no input
+    among the names the worker writes). Raises InputError."""
+    from .methods import get_method
+    from .pipeline import resolve_device
+    from .preflight import Plan, run_parameters
+
+    spec = get_method(job["method"])
+    run_parameters(spec, job["preset"], job["params"])
+    resolve_device(job["device"])
+    plan = Plan()
+    for role, path in job["inputs"].items():
+        plan.add_input(role, path)
+    out_dir = Path(job["output_dir"])
+    plan.add_folder("job.output_dir", out_dir, OUTPUT_FILES)
+    for name in OUTPUT_FILES[:4]:
+        plan.add_output(f"job.output_dir {name}", out_dir / name)
+    plan.check()
+
+
 def execute(job: dict, emitter: Emitter, run: Run) -> int:
     """Run the job; returns the exit code. InputError / BadJob propagate to ``main``."""
     from . import __version__
     from .pipeline import denoise_volumes, write_outputs
 
     load_plugins(job["plugins"])
+    preflight(job)
     out_dir = Path(job["output_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadJob(f"job.output_dir {out_dir} cannot be created ({exc.strerror or exc})") from None
     vols = _read_inputs(job)
     sodium = vols["sodium"]
     if job["mode"] == "slice":
@@ -389,6 +455,10 @@ def main(argv=None) -> int:
         job = load_job(argv[0])
     except BadJob as exc:
         emitter.emit("error", message=str(exc), kind="input")
+        return EXIT_BAD_JOB
+    except RecursionError:
+        emitter.emit("error", message=f"job file {argv[0]} is nested too deeply; expected a flat JSON object",
+                     kind="input")
         return EXIT_BAD_JOB
     run = Run(job, emitter)
 

@@ -2,6 +2,8 @@
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -68,15 +70,24 @@ def test_single_slice_input(small_case):
 
 
 def test_write_outputs_is_all_or_nothing(tmp_path, small_case, monkeypatch):
+    """A failure while the files are being rendered (the last one, the metrics JSON) leaves nothing new and the
+    previous result at the destination untouched."""
+    from SodiumDIPLib import safewrite
+
     run = denoise_volumes(small_case.sodium, small_case.proton, method="tv", preset="fast")
+    (tmp_path / "out.nrrd").write_bytes(b"previous result")
+    real_write = safewrite.write_text_file
 
-    def boom(*a, **k):
-        raise OSError("disk full")
+    def boom(path, text):
+        if Path(path).name == "m.json":
+            raise OSError("disk full")
+        real_write(path, text)
 
-    monkeypatch.setattr(pipeline, "write_text_atomic", boom)
+    monkeypatch.setattr(safewrite, "write_text_file", boom)
     with pytest.raises(OSError):
         write_outputs(run, tmp_path / "out.nrrd", metrics_json=tmp_path / "m.json")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["out.nrrd"]
+    assert (tmp_path / "out.nrrd").read_bytes() == b"previous result"
 
 
 def test_params_file_reproduces_the_run(tmp_path, small_case):

@@ -53,7 +53,7 @@ def _boxes(fig, canvas) -> dict:
     return boxes
 
 
-def _render(fig) -> tuple:
+def _render_png(fig) -> tuple:
     """(PNG bytes, panel boxes) from one Agg draw of the figure (the PNG is exactly what the boxes describe)."""
     import io
 
@@ -73,7 +73,9 @@ def _check_folder(folder: Path) -> None:
     parent = folder.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not os.access(parent, os.W_OK):
+    from ..io import can_create_in
+
+    if not can_create_in(parent):
         raise InputError(f"report folder {folder}: {parent} is not writable")
 
 
@@ -96,6 +98,32 @@ def make_report(runs, folder, point=None, point_space: str = "lps", title: Optio
     (report.json: metrics, parameters, curves, the montage's panel boxes), montage, curves, metrics, and
     where a run provides them fields (guide field), bias, pilot, extras.
     """
+    folder = Path(folder)
+    tmp, written = _render(runs, folder, point, point_space, title, planes, dpi)
+    try:
+        _commit(tmp, folder, written)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {name: str(folder / fname) for name, fname in written.items()}
+
+
+def stage_report(staging, runs, folder, point=None, point_space: str = "lps", title: Optional[str] = None,
+                 planes=None, dpi: int = 100) -> dict:
+    """Like ``make_report`` but nothing reaches ``folder`` before ``staging.commit()`` (a
+    ``safewrite.Staging`` that also holds the run's other outputs, so the run is written all-or-nothing)."""
+    tmp, written = _render(runs, folder, point, point_space, title, planes, dpi)
+    folder = Path(folder)
+    names = sorted(written.values(), key=lambda n: n == REPORT_FILES["html"])  # the page last
+    for fname in names:
+        staging.adopt(tmp / fname, folder / fname, cleanup=tmp)
+    stale = _stale_files(folder) - set(written.values())
+    staging.after_commit(lambda: [(folder / f).unlink(missing_ok=True) for f in stale])
+    return {name: str(folder / fname) for name, fname in written.items()}
+
+
+def _render(runs, folder, point, point_space, title, planes, dpi) -> tuple:
+    """Render every part of the report into a new hidden folder beside ``folder``: (that folder, written)."""
     from .. import __version__
     from .html import build_html
 
@@ -107,8 +135,10 @@ def make_report(runs, folder, point=None, point_space: str = "lps", title: Optio
     content = gather(runs, point=point, point_space=point_space, planes=planes)
     title = title or "SodiumDIP report: " + ", ".join(content.labels)
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    anchor = folder.parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name[:40]}.tmp-", dir=anchor))
     umask = os.umask(0o022)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the report folder is an ordinary one
@@ -117,7 +147,7 @@ def make_report(runs, folder, point=None, point_space: str = "lps", title: Optio
                    "bias": bias_figure(content, dpi=dpi), "pilot": pilot_figure(content, dpi=dpi),
                    "extras": extras_figure(content, dpi=dpi), "curves": curves_figure(runs, dpi=dpi),
                    "metrics": metrics_table_figure(runs, dpi=dpi)}
-        rendered = {name: _render(fig) for name, fig in figures.items() if fig is not None}
+        rendered = {name: _render_png(fig) for name, fig in figures.items() if fig is not None}
         boxes = {name: b for name, (_, b) in rendered.items() if b}
         images = {name: (rendered[name][0] if name in rendered else None) for name in figures}
         written = {}
@@ -138,11 +168,23 @@ def make_report(runs, folder, point=None, point_space: str = "lps", title: Optio
             "runs": [_summary(r, lab) for r, lab in zip(runs, content.labels)],
         }
         (tmp / REPORT_FILES["json"]).write_text(json.dumps(record, indent=2, default=json_default), encoding="utf-8")
-        _commit(tmp, folder, written)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {name: str(folder / fname) for name, fname in written.items()}
+    return tmp, written
+
+
+def _stale_files(folder: Path) -> set:
+    """Files of an earlier report in ``folder`` (named in its report.json), which a new report replaces."""
+    old = folder / REPORT_FILES["json"]
+    if old.is_file():
+        try:
+            prev = json.loads(old.read_text(encoding="utf-8"))
+            if prev.get("kind") == _MARKER:
+                return set(prev.get("files", {}).values()) & set(REPORT_FILES.values())
+        except (OSError, ValueError):
+            pass
+    return set()
 
 
 def _summary(run, label: str) -> dict:
@@ -161,19 +203,12 @@ def _commit(tmp: Path, folder: Path, written: dict) -> None:
     (each an atomic rename) followed by removal of the previous report's files this one did not write."""
     if not folder.exists():
         try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
             os.rename(tmp, folder)
             return
         except OSError:
             folder.mkdir(parents=True, exist_ok=True)  # raced with someone creating it: merge below
-    stale = set()
-    old = folder / REPORT_FILES["json"]
-    if old.is_file():
-        try:
-            prev = json.loads(old.read_text(encoding="utf-8"))
-            if prev.get("kind") == _MARKER:
-                stale = set(prev.get("files", {}).values()) & set(REPORT_FILES.values())
-        except (OSError, ValueError):
-            pass
+    stale = _stale_files(folder)
     # the HTML last: whoever opens the folder mid-way sees the previous page until the new one is complete
     names = sorted(written.values(), key=lambda n: n == REPORT_FILES["html"])
     for fname in names:

@@ -6,9 +6,11 @@ report add ``add_report_options(parser)`` and call ``report_from_args([run, ...]
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..errors import InputError
+from ..preflight import bounded_int
 
 
 def add_report_options(p, required: bool = False) -> None:
@@ -29,6 +31,8 @@ def parse_point(text):
         values = tuple(float(v) for v in str(text).replace(" ", "").split(","))
     except ValueError:
         raise InputError(f"--report-point {text!r}: expected three numbers X,Y,Z") from None
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(f"--report-point {text!r}: expected three finite numbers X,Y,Z")
     if len(values) != 3:
         raise InputError(f"--report-point {text!r}: expected three numbers X,Y,Z, got {len(values)}")
     return values
@@ -49,6 +53,38 @@ def check_report_folder(folder) -> Path:
     return folder
 
 
+def plan_report(plan, args) -> None:
+    """Add --report (a folder and the report's file names) to a pre-flight ``Plan``; parse --report-point now."""
+    if not getattr(args, "report", None):
+        if getattr(args, "report_point", None) is not None:
+            raise InputError("--report-point without --report; add --report DIR or drop the point")
+        return
+    from . import REPORT_FILES
+
+    parse_point(getattr(args, "report_point", None))
+    plan.add_folder("--report", args.report, list(REPORT_FILES.values()))
+
+
+def check_report_point(args, grid) -> None:
+    """Refuse, right after the inputs are read and before the run, a --report-point outside ``grid``."""
+    point = parse_point(getattr(args, "report_point", None))
+    if point is None or not getattr(args, "report", None):
+        return
+    from .views import point_to_index
+
+    point_to_index(grid, point, getattr(args, "report_point_space", "lps"))
+
+
+def stage_report_from_args(staging, runs, args, title=None):
+    """Render the report asked for by --report into ``staging`` (None when not asked)."""
+    if not getattr(args, "report", None):
+        return None
+    from . import stage_report
+
+    return stage_report(staging, runs, args.report, point=parse_point(getattr(args, "report_point", None)),
+                        point_space=getattr(args, "report_point_space", "lps"), title=title)
+
+
 def report_from_args(runs, args):
     """Write the report asked for by --report (None when not asked). Returns make_report's paths."""
     if not getattr(args, "report", None):
@@ -63,7 +99,9 @@ def cmd_compare(args) -> int:
     from ..cli import progress_printer, read_optional
     from ..io import read_volume
     from ..methods import get_method
-    from ..pipeline import denoise_volumes
+    from ..pipeline import denoise_volumes, detached_data_files, output_files, resolve_device, stage_outputs
+    from ..preflight import Plan, check_seed, check_text, run_parameters
+    from ..safewrite import Staging
 
     methods = [m.strip() for m in str(args.methods).split(",") if m.strip()]
     if not methods:
@@ -71,27 +109,39 @@ def cmd_compare(args) -> int:
     if len(set(methods)) != len(methods):
         raise InputError(f"--methods {args.methods!r} names a method twice")
     # everything the user can get wrong is checked before the first (long) run
-    specs = [get_method(m) for m in methods]
-    for spec in specs:
-        spec.parameters(args.preset)
-    check_report_folder(args.report)
-    point = parse_point(args.report_point)
+    specs = [get_method(check_text(m, "--methods")) for m in methods]
+    params = {spec.name: run_parameters(spec, args.preset, {}) for spec in specs}
+    args.seed = check_seed(args.seed)
+    resolve_device(check_text(args.device, "--device"))
+    plan = Plan()
+    inputs = {"sodium": args.sodium, "proton": args.proton, "reference": args.reference, "mask": args.mask,
+              "lesion": args.lesion, "proton-only": args.proton_only}
+    for role, path in inputs.items():
+        plan.add_input(role, path)
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir is not None:
+        plan.add_folder("--output-dir", out_dir)
+        for m in methods:
+            for role, path in output_files(out_dir / f"{m}.nrrd", out_dir / f"{m}_bias.nrrd",
+                                           out_dir / f"{m}.metrics.json").items():
+                plan.add_output(f"--output-dir {role}", path, detached_data_files(path))
+    plan_report(plan, args)
+    plan.check()
+    if args.proton is None:
+        for spec in specs:
+            if spec.needs_proton:
+                raise InputError(f"method {spec.name!r} needs a proton volume (--proton)")
     sodium = read_volume(args.sodium, "sodium")
     proton = read_optional(args.proton, "proton")
-    for spec in specs:
-        if spec.needs_proton and proton is None:
-            raise InputError(f"method {spec.name!r} needs a proton volume (--proton)")
     reference = read_optional(args.reference, "reference")
     mask = read_optional(args.mask, "mask")
     lesion = read_optional(args.lesion, "lesion")
     ponly = read_optional(args.proton_only, "proton-only")
-    out_dir = Path(args.output_dir) if args.output_dir else None
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--output-dir {out_dir}: an existing file; expected a folder")
+    check_report_point(args, sodium)
 
     runs = []
     for spec in specs:
-        on_progress, close = progress_printer(args, spec.parameters(args.preset).get("iterations"))
+        on_progress, close = progress_printer(args, params[spec.name].get("iterations"))
         try:
             run = denoise_volumes(sodium, proton, method=spec.name, preset=args.preset, seed=args.seed,
                                   device=args.device, reference=reference, mask=mask, lesion=lesion,
@@ -101,17 +151,15 @@ def cmd_compare(args) -> int:
         runs.append(run)
         print(f"{spec.name:12s} {run.iterations:5d} it  stop {run.stop_rule} @ {run.stop_iteration}  "
               f"{run.seconds:7.1f} s  peak {run.peak_memory_mb:.0f} MB", flush=True)
-    if out_dir is not None:
-        from ..pipeline import write_outputs
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for run in runs:
-            write_outputs(run, out_dir / f"{run.method}.nrrd",
-                          bias_field_path=out_dir / f"{run.method}_bias.nrrd" if run.bias_field is not None else None,
-                          metrics_json=out_dir / f"{run.method}.metrics.json")
-    from . import make_report
-
-    paths = make_report(runs, args.report, point=point, point_space=args.report_point_space, title=args.title)
+    with Staging() as staging:  # every result and the report, all-or-nothing
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for run in runs:
+                stage_outputs(staging, run, out_dir / f"{run.method}.nrrd",
+                              bias_field_path=out_dir / f"{run.method}_bias.nrrd" if run.bias_field is not None else None,
+                              metrics_json=out_dir / f"{run.method}.metrics.json")
+        paths = stage_report_from_args(staging, runs, args, title=args.title)
+        staging.commit()
     print(comparison_table(runs))
     print(f"wrote report: {paths['html']}")
     return 0
@@ -141,7 +189,7 @@ def register_commands(subparsers) -> None:
     p.add_argument("--proton", metavar="PATH", help="registered proton volume (any grid; resampled by geometry)")
     p.add_argument("--methods", required=True, metavar="A,B,C", help="comma-separated methods (see `sodiumdip methods`)")
     p.add_argument("--preset", default="balanced", help="fast | balanced | quality, for every method (default balanced)")
-    p.add_argument("--seed", type=int, default=0, help="random seed, the same for every method (default 0)")
+    p.add_argument("--seed", type=bounded_int, default=0, help="random seed, the same for every method (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--reference", metavar="PATH", help="reference volume: PSNR/SSIM/... and |error| panels")
     p.add_argument("--mask", metavar="PATH", help="object mask (default: estimated head mask)")

@@ -326,7 +326,8 @@ def curves_figure(runs, dpi: int = 100) -> Figure:
         if q == 0:
             ax.legend(fontsize=6)
     if flat:
-        fig.text(0.01, 0.005, "no history: " + ", ".join(lab for run, lab in zip(runs, labels) if run in flat),
+        fig.text(0.01, 0.005, "no history: " + ", ".join(lab for run, lab in zip(runs, labels)
+                                                  if any(run is f for f in flat)),
                  fontsize=7)
     fig.tight_layout(rect=(0, 0.02, 1, 0.95))
     return fig
