@@ -48,14 +48,36 @@ def _stopping():
 
 def _classical_pilot(problem: Problem, ctx: RunContext, name: str):
     """A fast classical pilot from a registered method ("tv": unguided, nothing of the proton leaks in;
-    "dtv": proton-guided directional TV). Returns (image, bias field or None): the variational methods
-    correct the receive bias (N4) and return it, which can seed the joint bias field."""
+    "dtv": proton-guided directional TV), run under the parent run's progress reporting (events carry
+    ``stage="pilot"``) and cancellation. Returns (image, bias field or None, its MethodResult): the variational
+    methods correct the receive bias (N4) and return it, which can seed the joint bias field. A cancel during
+    the pilot's weight search raises Cancelled (no image exists yet); later, the pilot returns its iterate with
+    stop_rule "cancelled"."""
     from .base import get_method
 
+    def progress(event, image):
+        if ctx.on_progress is not None:
+            ctx.on_progress(dict(event, stage="pilot", pilot=name), image)
+
     spec = get_method(name)
-    res = spec.run(problem, spec.parameters("fast"), RunContext(str(ctx.device), ctx.seed))
+    res = spec.run(problem, spec.parameters("fast"), RunContext(str(ctx.device), ctx.seed, on_progress=progress,
+                                                                should_cancel=ctx.should_cancel))
     bias = None if res.bias_field is None else np.asarray(res.bias_field, np.float32)
-    return torch.from_numpy(np.asarray(res.image, np.float32)), bias
+    return torch.from_numpy(np.asarray(res.image, np.float32)), bias, res
+
+
+def _pilot_only(res: MethodResult, params: dict, reason: str) -> MethodResult:
+    """The classical pilot's result as DIP-Fusion's output (cancelled during the pilot, or chosen by the
+    safeguard before any DIP step)."""
+    extras = dict(res.extras or {})
+    extras["pilot_image"] = np.asarray(res.image, np.float32)
+    if res.bias_field is not None:
+        extras["pilot_bias"] = np.asarray(res.bias_field, np.float32)
+    out = MethodResult(image=np.asarray(res.image, np.float32), iterations=0, stop_rule=res.stop_rule,
+                       stop_iteration=0, bias_field=res.bias_field, history=list(res.history or []), extras=extras,
+                       params=dict(params))
+    out.diagnostics = {"returned_stage": "pilot", "stop_reason": reason}
+    return out
 
 
 def _as_list(value, name):
@@ -197,13 +219,16 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
         # scale (measured on the 48^3 4-coil phantom at R = 4: docs/nufft.md)
         w_dtv = float(params["kspace_weight_dtv"])
     G = _guidance() if (w_dtv > 0 or w_gc > 0 or params["sodium_guide"] != "none") else None
-    pilot = pilot_bias = None
+    pilot = pilot_bias = pilot_image = pilot_bias_raw = None
     xi_h = xi = None
     guide_na = params["sodium_guide"] if params["w_na"] > 0 else "none"
     if params["pilot"] in ("tv", "dtv"):
         if params["pilot"] == "dtv" and not use_proton:
             raise InputError("pilot 'dtv' needs a proton volume; use pilot 'tv' or 'smooth'")
-        pilot, pilot_bias = _classical_pilot(problem, ctx, params["pilot"])
+        pilot, pilot_bias, pilot_result = _classical_pilot(problem, ctx, params["pilot"])
+        if pilot_result.stop_rule == "cancelled" or ctx.cancelled():
+            return _pilot_only(pilot_result, params, "cancelled by the user during the pilot")
+        pilot_image, pilot_bias_raw = pilot.numpy().copy(), pilot_bias
         pilot = pilot.to(device)
     elif G is not None or params["pilot_input"] or params["warm_start"] > 0 or residual:
         G = _guidance()
@@ -410,6 +435,10 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
     extras = {}
     if pilot is not None:
         extras["pilot"] = pilot.detach().cpu().numpy().astype(np.float32)
+    if pilot_image is not None:  # the classical pilot as it came (bias-corrected image and its own field)
+        extras["pilot_image"] = pilot_image.astype(np.float32)
+        if pilot_bias_raw is not None:
+            extras["pilot_bias"] = np.asarray(pilot_bias_raw, np.float32)
     if xi is not None:
         extras["fused_field_magnitude"] = torch.sqrt((xi * xi).sum(0)).cpu().numpy().astype(np.float32)
     result = MethodResult(image=out, iterations=it_done, stop_rule=stop_rule, stop_iteration=int(stop_iteration),
