@@ -71,7 +71,8 @@ def _case(name, family, split, build=None, real=False, **params):
 
 
 def suite_cases(name: str) -> list:
-    """The cases of suite ``name``: "fast" (CI-sized), "tuning", "held-out" or "full" (= tuning + held-out)."""
+    """The cases of suite ``name``: "fast" (CI-sized, two single slices), "core" (six 3D cases of both splits and
+    the real pair), "tuning", "held-out" or "full" (= tuning + held-out)."""
     tuning = [
         _case("head48-snr10-bias", "head", TUNING, _head(snr=10, bias=0.3)),
         _case("head48-snr5-nobias", "head", TUNING, _head(snr=5, bias=0.0)),
@@ -97,7 +98,10 @@ def suite_cases(name: str) -> list:
         _case("head-slice48-snr10-bias", "head", TUNING, _head(shape=(48, 48), snr=10, bias=0.3)),
         _case("atlas-slice6mm-s7-snr8-nobias", "atlas", HELD_OUT, _atlas(7, 6.0, 8.0, 0.0, slice_only=True)),
     ]
-    suites = {"fast": fast, "tuning": tuning, "held-out": held_out, "full": tuning + held_out}
+    by_name = {c.name: c for c in tuning + held_out}
+    core = [by_name[n] for n in ("atlas4mm-s0-snr8-nobias", "real-7T-naa6-vs-naa8", "head48-snr10-bias",
+                                 "atlas5mm-s2-snr8-nobias", "atlas6mm-s3-snr5-bias", "head48-snr10-nobias")]
+    suites = {"fast": fast, "core": core, "tuning": tuning, "held-out": held_out, "full": tuning + held_out}
     if name not in suites:
         raise InputError(f"--suite {name!r} is unknown; expected one of {', '.join(suites)}")
     return suites[name]
