@@ -155,57 +155,88 @@ def _pick(m: dict) -> dict:
     return {k: m[k] for k in keys if k in m}
 
 
-def run_real(data_dir, methods, preset="fast", seed=0, device="auto", params=None, verbose=True) -> dict:
-    """The 7 T pair: denoise naa_6 guided by gre_2, evaluate against naa_8 (see module docstring)."""
-    from scipy import ndimage as ndi
+class RealPair:
+    """The 7 T repeat pair prepared for scoring (see the module docstring).
 
-    from .io import read_volume
-    from .pipeline import prepare_denoising, run_method
-    from .support import head_mask
+    problem / scale: naa_6 guided by gre_2, as ``prepare_denoising`` makes it; head: the head mask;
+    gain_db(x): 10 log10 of the input's over x's unbiased error estimate against naa_8 (x in scanner units,
+    the model of the measurement: b * image for bias-correcting methods); score(result): the method's numbers."""
 
-    d = Path(data_dir)
-    files = {k: d / f"{k}.nii" for k in ("c2p_naa_6", "c2p_naa_8", "c2p_nav_7", "gre_2")}
-    missing = [str(p) for p in files.values() if not p.exists()]
-    if missing:
-        raise InputError(f"benchmark --data: missing {', '.join(missing)}; expected the uhf23na folder")
-    na6, na8, nav, gre = (read_volume(files[k]) for k in ("c2p_naa_6", "c2p_naa_8", "c2p_nav_7", "gre_2"))
-    a6, a8, v7 = (v.array.astype(np.float64) for v in (na6, na8, nav))
-    head = head_mask(a6)
-    sigma2 = float(np.mean((a6 - a8)[head] ** 2) / 2)
-    err = lambda x: float(np.mean((np.asarray(x, np.float64) - a8)[head] ** 2) - sigma2)  # noqa: E731
-    smooth = lambda a: ndi.gaussian_filter(a, 2.0)  # noqa: E731
-    measured_bias = smooth(a6) / np.maximum(smooth(v7), 1e-6)
-    problem, scale, _ = prepare_denoising(na6, gre)
-    e_in = err(a6)
-    rows = {"input": {"mse_estimate": e_in, "sigma2": sigma2}}
-    for name in methods:
-        result, info = run_method(problem, name, preset, (params or {}).get(name), seed, device)
-        x = np.asarray(result.image, np.float64) * scale
+    def __init__(self, data_dir):
+        from scipy import ndimage as ndi
+
+        from .io import read_volume
+        from .pipeline import prepare_denoising
+        from .support import head_mask
+
+        d = Path(data_dir)
+        files = {k: d / f"{k}.nii" for k in ("c2p_naa_6", "c2p_naa_8", "c2p_nav_7", "gre_2")}
+        missing = [str(p) for p in files.values() if not p.exists()]
+        if missing:
+            raise InputError(f"benchmark --data: missing {', '.join(missing)}; expected the uhf23na folder")
+        na6, na8, nav, gre = (read_volume(files[k]) for k in ("c2p_naa_6", "c2p_naa_8", "c2p_nav_7", "gre_2"))
+        a6, self.a8, v7 = (v.array.astype(np.float64) for v in (na6, na8, nav))
+        self.head = head_mask(a6)
+        self.sigma2 = float(np.mean((a6 - self.a8)[self.head] ** 2) / 2)
+        smooth = lambda a: ndi.gaussian_filter(a, 2.0)  # noqa: E731
+        self.measured_bias = smooth(a6) / np.maximum(smooth(v7), 1e-6)
+        self.problem, self.scale, _ = prepare_denoising(na6, gre)
+        self.input_error = self.error(a6)
+
+    def error(self, x) -> float:
+        """Unbiased estimate of the mean squared error of ``x`` in the head: mean (x - naa_8)^2 - sigma^2."""
+        return float(np.mean((np.asarray(x, np.float64) - self.a8)[self.head] ** 2) - self.sigma2)
+
+    def gain_db(self, x) -> Optional[float]:
+        e = self.error(x)
+        return 10 * math.log10(self.input_error / e) if e > 0 else None
+
+    def score(self, result) -> dict:
+        x = np.asarray(result.image, np.float64) * self.scale
         if result.bias_field is not None:
             # naa_8 carries the same receive bias: compare the model of the measurement, b * x
             x = x * np.asarray(result.bias_field, np.float64)
-        e = err(x)
-        rec = {"mse_estimate": e, "gain_db": 10 * math.log10(e_in / e) if e > 0 else None,
-               "iterations": result.iterations, "stop_rule": result.stop_rule,
-               "stop_iteration": result.stop_iteration, "seconds": info["seconds"],
-               "peak_memory_mb": info["peak_memory_mb"],
-               "iterations_per_second": result.iterations / info["seconds"] if info["seconds"] > 0 else None,
-               "curves": _curves(result.history), "params": result.params}
+        e = self.error(x)
+        rec = {"mse_estimate": e, "gain_db": self.gain_db(x)}
         diag = getattr(result, "diagnostics", {}) or {}
         if diag.get("fidelity") in ("chi", "rician", "corrected_ls"):
             # A noise-floor-aware fit returns the signal without the floor; naa_8 contains it. Also report the
             # model of the measurement's expectation E[y | b x], which is what naa_8 estimates.
             from .fidelity import expected_magnitude
 
-            ey = expected_magnitude(torch.from_numpy(x / scale), diag["noise_sigma"], diag["n_channels"]).numpy()
+            ey = expected_magnitude(torch.from_numpy(x / self.scale), diag["noise_sigma"],
+                                    diag["n_channels"]).numpy() * self.scale
             rec["mse_estimate_signal"] = e
-            rec["mse_estimate"] = e = err(ey * scale)
-            rec["gain_db"] = 10 * math.log10(e_in / e) if e > 0 else None
+            rec["mse_estimate"] = self.error(ey)
+            rec["gain_db"] = self.gain_db(ey)
         if result.bias_field is not None:
-            rec["bias_corr_measured"] = float(np.corrcoef(result.bias_field[head], measured_bias[head])[0, 1])
+            rec["bias_corr_measured"] = float(np.corrcoef(result.bias_field[self.head],
+                                                          self.measured_bias[self.head])[0, 1])
+        return rec
+
+
+def real_pair(data_dir) -> RealPair:
+    return RealPair(data_dir)
+
+
+def run_real(data_dir, methods, preset="fast", seed=0, device="auto", params=None, verbose=True) -> dict:
+    """The 7 T pair: denoise naa_6 guided by gre_2, evaluate against naa_8 (see module docstring)."""
+    from .pipeline import run_method
+
+    pair = real_pair(data_dir)
+    rows = {"input": {"mse_estimate": pair.input_error, "sigma2": pair.sigma2}}
+    for name in methods:
+        result, info = run_method(pair.problem, name, preset, (params or {}).get(name), seed, device)
+        rec = pair.score(result)
+        rec.update({"iterations": result.iterations, "stop_rule": result.stop_rule,
+                    "stop_iteration": result.stop_iteration, "seconds": info["seconds"],
+                    "peak_memory_mb": info["peak_memory_mb"],
+                    "iterations_per_second": result.iterations / info["seconds"] if info["seconds"] > 0 else None,
+                    "curves": _curves(result.history), "params": result.params})
         rows[name] = rec
         if verbose:
-            print(f"  real {name}: mse estimate {e:.1f} (input {e_in:.1f}), {info['seconds']:.1f} s", flush=True)
+            print(f"  real {name}: mse estimate {rec['mse_estimate']:.1f} (input {pair.input_error:.1f}), "
+                  f"{info['seconds']:.1f} s", flush=True)
     return rows
 
 
@@ -344,8 +375,36 @@ def cmd_acceleration(args, methods) -> int:
     return 0
 
 
+def add_suite_arguments(parser) -> None:
+    """``--suite [NAME]`` on the benchmark command (fast, tuning, held-out, full; see SodiumDIPLib.suite)."""
+    parser.add_argument("--suite", nargs="?", const="fast", default=None, metavar="NAME",
+                        help="validation suite: every method on a list of cases, one table "
+                             "(fast = CI-sized, tuning, held-out, full; default fast)")
+
+
+def run_suite_from_args(args, methods) -> int:
+    from .suite import format_suite_table, run_suite
+
+    def progress(case, name, row):
+        score = row.get("psnr") if row.get("psnr") is not None else row.get("gain_db")
+        if not args.quiet and name != "input":
+            print(f"  {case.name} {name}: {score if score is None else round(score, 2)}, "
+                  f"{row.get('seconds') or 0:.1f} s", flush=True)
+
+    report = run_suite(args.suite, methods, args.preset, args.seed, args.device, _params_file(args.params),
+                       args.data, progress)
+    print(format_suite_table(report))
+    if args.json:
+        from .io import write_text_atomic
+
+        write_text_atomic(json.dumps(_clean(report), indent=1), args.json)
+    return 0
+
+
 def cmd_benchmark(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if getattr(args, "suite", None):
+        return run_suite_from_args(args, methods)
     if args.acceleration is not None:
         return cmd_acceleration(args, methods)
     params = _params_file(args.params)
@@ -390,6 +449,7 @@ def register_commands(subparsers) -> None:
     p.add_argument("--kspace-kind", dest="kspace_kind", default="cartesian", choices=("cartesian", "radial"))
     p.add_argument("--json", metavar="PATH", help="write the full report (with curves) as JSON")
     p.add_argument("--quiet", action="store_true")
+    add_suite_arguments(p)
     from .report.cli import add_report_options
 
     add_report_options(p)  # --report DIR: the phantom runs side by side (not used with --acceleration)

@@ -105,6 +105,26 @@ class BiasField(nn.Module):
         return torch.exp(self.log_field())
 
 
+# The evidence rule for a receive field (docs/method.md, "bias only where the data carry one"): N4's field on the
+# sodium image itself has a log-std of 0.001-0.014 on every simulated case without receive bias (head, breast,
+# MNI152 brains, SNR 5-10) and 0.054-0.098 with one (span 0.3), 0.071 on the 7 T array-coil scan.
+BIAS_EVIDENCE_LOG_STD = 0.03
+
+
+def field_log_std(field: np.ndarray, support: np.ndarray | None = None) -> float:
+    """Standard deviation of log b over ``support`` (the whole array when None)."""
+    lb = np.log(np.clip(np.asarray(field, np.float64), 1e-6, None))
+    return float(lb[np.asarray(support, bool)].std() if support is not None else lb.std())
+
+
+def evident_field(field: np.ndarray, support: np.ndarray | None,
+                  threshold: float = BIAS_EVIDENCE_LOG_STD) -> tuple:
+    """(field, log-std) when the field's log-std over the support reaches ``threshold``; (None, log-std) when the
+    data show no receive bias (the field would be fitted anatomy or noise)."""
+    sd = field_log_std(field, support)
+    return (field if sd >= threshold else None), sd
+
+
 def _kmeans_1d(values: np.ndarray, k: int, iterations: int = 30) -> np.ndarray:
     """Labels 0..k-1 of 1D values by k-means (Lloyd), started at the k quantile midpoints: thresholds fall in the
     gaps between tissue levels, where quantile bins would cut through a tissue (e.g. grey matter)."""

@@ -20,6 +20,7 @@ signal is 0: ~8 sigma for the 32-channel 7 T array) a least-squares fit mistakes
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -51,21 +52,30 @@ def _log_bessel_minus_power(v: int, t: torch.Tensor) -> torch.Tensor:
 
 
 def negative_log_likelihood(pred: torch.Tensor, y: torch.Tensor, sigma: float, kind: str = "gaussian",
-                            n_channels: int = 1) -> torch.Tensor:
+                            n_channels: int = 1, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean per-voxel data term (scalar tensor), up to constants independent of ``pred``.
 
-    pred:  the model of the data, A(b x) (non-negative magnitude for the magnitude kinds).
-    y:     the measurement, same shape (complex allowed for "gaussian").
-    sigma: noise standard deviation per real channel (> 0), same units as y.
-    kind:  "gaussian", "rician", "chi" or "corrected_ls" (see the module docstring).
+    pred:   the model of the data, A(b x) (non-negative magnitude for the magnitude kinds).
+    y:      the measurement, same shape (complex allowed for "gaussian").
+    sigma:  noise standard deviation per real channel (> 0), same units as y.
+    kind:   "gaussian", "rician", "chi" or "corrected_ls" (see the module docstring).
+    weight: optional non-negative per-voxel weights broadcastable to ``pred`` (0 leaves a voxel out, e.g. the
+            held-out voxels of a safeguard); the result is then the weighted mean.
     """
     if not sigma or sigma <= 0 or not math.isfinite(sigma):
         raise InputError(f"the data fidelity needs a positive noise sigma, got {sigma}")
     s2 = float(sigma) ** 2
+
+    def reduce(term):
+        if weight is None:
+            return term.mean()
+        w = weight.expand_as(term)
+        return (term * w).sum() / w.sum().clamp_min(1e-12)
+
     if kind == "gaussian":
         r = pred - y
         r2 = (r.real ** 2 + r.imag ** 2) if torch.is_complex(r) else r * r
-        return 0.5 * r2.mean() / s2
+        return 0.5 * reduce(r2) / s2
     if torch.is_complex(pred) or torch.is_complex(y):
         raise InputError(f"fidelity {kind!r} is for magnitude images; complex data need 'gaussian'")
     L = int(n_channels)
@@ -73,19 +83,19 @@ def negative_log_likelihood(pred: torch.Tensor, y: torch.Tensor, sigma: float, k
         raise InputError(f"n_channels must be >= 1, got {n_channels}")
     if kind == "corrected_ls":
         r = expected_magnitude(pred, sigma, L) - y
-        return 0.5 * (r * r).mean() / s2
+        return 0.5 * reduce(r * r) / s2
     x = pred.clamp_min(0)
     yy = y.clamp_min(0)
     if kind == "rician" or (kind == "chi" and L == 1):
         z = x * yy / s2
         log_i0 = z + torch.log(torch.special.i0e(z))
-        return (x * x / (2 * s2) - log_i0).mean()
+        return reduce(x * x / (2 * s2) - log_i0)
     if kind == "chi":
         v = L - 1
         t = x * yy / (s2 * v)
         # -log p = x^2/(2 s^2) + (L-1) log x - log I_{L-1}(x y / s^2) + const(y);
         # (L-1) log x - log I_v(v t) = -(log I_v(v t) - v log t) - v log(y / (s^2 v)), the last term is const.
-        return (x * x / (2 * s2) - _log_bessel_minus_power(v, t)).mean()
+        return reduce(x * x / (2 * s2) - _log_bessel_minus_power(v, t))
     raise InputError(f"unknown fidelity {kind!r}; expected one of {KINDS}")
 
 

@@ -11,7 +11,8 @@ from SodiumDIPLib.phantom import make_phantom
 from SodiumDIPLib.physics.base import LinearOperator
 from SodiumDIPLib.pipeline import prepare_denoising
 
-TINY = dict(channels="4,8", skip_channels="2,2", input_channels=2, iterations=6, precision="fp32")
+TINY = dict(channels="4,8", skip_channels="2,2", input_channels=2, iterations=6, precision="fp32",
+            holdout_fraction=0.0)  # the DIP stage itself; the safeguard has its own tests
 
 
 @pytest.fixture(scope="module")
@@ -85,17 +86,27 @@ def test_same_seed_same_output_other_seed_differs(small_case):
 
 def test_cancel_returns_the_best_so_far(small_case):
     _, problem, _ = small_case
-    calls = {"n": 0}
+    dip_steps = {"n": 0}  # DIP iterations reported (the pilot's own events carry stage="pilot")
+
+    def on_progress(event, image):
+        if event.get("stage") != "pilot":
+            dip_steps["n"] += 1
+
+    def run(**over):
+        spec = get_method("dipfusion")
+        ctx = RunContext("cpu", 0, on_progress=on_progress, should_cancel=lambda: dip_steps["n"] >= 4)
+        return spec.run(problem, spec.parameters("fast", dict(TINY, iterations=50, **over)), ctx)
+
+    res = run(warm_start=0)
+    assert res.stop_rule == "cancelled" and res.iterations == 4
+    assert res.image.shape == problem.image_shape and np.isfinite(res.image).all()
+    calls = {"n": 0}  # cancelled inside the warm start (smooth pilot): still an image, no main-loop iterations
 
     def cancel():
         calls["n"] += 1
         return calls["n"] > 4
 
-    res = _run(problem, cancel=cancel, **dict(TINY, iterations=50, warm_start=0))
-    assert res.stop_rule == "cancelled" and res.iterations == 4
-    assert res.image.shape == problem.image_shape and np.isfinite(res.image).all()
-    calls["n"] = 0  # cancelled inside the warm start: still an image, no main-loop iterations
-    res = _run(problem, cancel=cancel, **dict(TINY, iterations=50, warm_start=20, residual=False))
+    res = _run(problem, cancel=cancel, **dict(TINY, iterations=50, warm_start=20, residual=False, pilot="smooth"))
     assert res.stop_rule == "cancelled" and res.iterations == 0 and np.isfinite(res.image).all()
 
 
@@ -169,3 +180,37 @@ def test_residual_run_builds_its_pilot_even_without_prior_terms(small_case):
                                sodium_guide="none", pilot_input=False, bias_degree=0))
     assert set(res.history[-1]["terms"]) == {"fidelity"} and np.isfinite(res.image).all()
     np.testing.assert_allclose(res.image, res.extras["pilot"], atol=0.05 * float(res.extras["pilot"].max()))
+
+
+def test_safeguard_returns_the_pilot_when_the_dip_stage_does_not_help(small_case):
+    _, problem, _ = small_case
+    # a learning rate far too high wrecks the DIP stage: the held-out voxels must see it and return the pilot
+    res = _run(problem, **dict(TINY, iterations=20, lr=0.5, holdout_fraction=0.1))
+    assert res.diagnostics["returned_stage"] == "pilot"
+    assert np.array_equal(res.image, res.extras["pilot_image"])
+    assert res.diagnostics["heldout_voxels"] > 0 and res.diagnostics["heldout_best_delta"] > -2 * res.diagnostics[
+        "heldout_best_se"]
+    off = _run(problem, **dict(TINY, iterations=20, lr=0.5, holdout_fraction=0.0))
+    assert off.diagnostics["returned_stage"] == "dip"
+    assert not np.array_equal(off.image, off.extras["pilot_image"])
+
+
+def test_pilot_reports_progress_and_a_cancel_during_it_stops_the_run(small_case):
+    _, problem, _ = small_case
+    events = []
+
+    def on_progress(event, image):
+        events.append(event)
+
+    spec = get_method("dipfusion")
+    ctx = RunContext("cpu", 0, on_progress=on_progress, should_cancel=lambda: len(events) >= 3)
+    try:
+        res = spec.run(problem, spec.parameters("fast", TINY), ctx)
+    except Exception as exc:  # cancelled during the pilot's weight search: no image exists yet
+        from SodiumDIPLib.errors import Cancelled
+
+        assert isinstance(exc, Cancelled)
+    else:
+        assert res.stop_rule == "cancelled" and res.iterations == 0
+        assert res.diagnostics["returned_stage"] == "pilot"
+    assert events and all(e.get("stage") == "pilot" for e in events)

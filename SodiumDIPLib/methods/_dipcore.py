@@ -48,14 +48,54 @@ def _stopping():
 
 def _classical_pilot(problem: Problem, ctx: RunContext, name: str):
     """A fast classical pilot from a registered method ("tv": unguided, nothing of the proton leaks in;
-    "dtv": proton-guided directional TV). Returns (image, bias field or None): the variational methods
-    correct the receive bias (N4) and return it, which can seed the joint bias field."""
+    "dtv": proton-guided directional TV), run under the parent run's progress reporting (events carry
+    ``stage="pilot"``) and cancellation. Returns (image, bias field or None, its MethodResult): the variational
+    methods correct the receive bias (N4) and return it, which can seed the joint bias field. A cancel during
+    the pilot's weight search raises Cancelled (no image exists yet); later, the pilot returns its iterate with
+    stop_rule "cancelled"."""
     from .base import get_method
 
+    def progress(event, image):
+        if ctx.on_progress is not None:
+            ctx.on_progress(dict(event, stage="pilot", pilot=name), image)
+
     spec = get_method(name)
-    res = spec.run(problem, spec.parameters("fast"), RunContext(str(ctx.device), ctx.seed))
+    res = spec.run(problem, spec.parameters("fast"), RunContext(str(ctx.device), ctx.seed, on_progress=progress,
+                                                                should_cancel=ctx.should_cancel))
     bias = None if res.bias_field is None else np.asarray(res.bias_field, np.float32)
-    return torch.from_numpy(np.asarray(res.image, np.float32)), bias
+    return torch.from_numpy(np.asarray(res.image, np.float32)), bias, res
+
+
+def _decide_bias(bias, problem: Problem, pilot_result, identity: bool):
+    """Keep the joint bias field only where the data carry a receive bias (docs/method.md): the classical pilot's
+    N4 evidence rule (``tv.receive_bias`` "auto") decides; without such a pilot, the same rule on the image.
+    Returns (bias or None, decision text)."""
+    if pilot_result is not None:
+        diag = getattr(pilot_result, "diagnostics", {}) or {}
+        decision = diag.get("bias_decision", "")
+        if pilot_result.bias_field is None:
+            return None, f"none (pilot: {decision or 'no field'})"
+        return bias, f"estimated (pilot: {decision})"
+    if not identity:
+        return bias, "estimated (k-space data without a classical pilot)"
+    from .tv import receive_bias
+
+    field, diag = receive_bias(np.asarray(problem.initial, np.float32), problem.support, problem.spacing, "auto")
+    return (bias, f"estimated ({diag['bias_decision']})") if field is not None else (None, diag["bias_decision"])
+
+
+def _pilot_only(res: MethodResult, params: dict, reason: str) -> MethodResult:
+    """The classical pilot's result as DIP-Fusion's output (cancelled during the pilot, or chosen by the
+    safeguard before any DIP step)."""
+    extras = dict(res.extras or {})
+    extras["pilot_image"] = np.asarray(res.image, np.float32)
+    if res.bias_field is not None:
+        extras["pilot_bias"] = np.asarray(res.bias_field, np.float32)
+    out = MethodResult(image=np.asarray(res.image, np.float32), iterations=0, stop_rule=res.stop_rule,
+                       stop_iteration=0, bias_field=res.bias_field, history=list(res.history or []), extras=extras,
+                       params=dict(params))
+    out.diagnostics = {"returned_stage": "pilot", "stop_reason": reason}
+    return out
 
 
 def _as_list(value, name):
@@ -98,10 +138,64 @@ def validate(params: dict) -> None:
     _check(params, "fusion", allowed=("tensor", "sum"))
     _check(params, "warm_start", lo=0)
     _check(params, "bias_init", allowed=("none", "proton", "pilot"))
+    if "bias_select" in params:
+        _check(params, "bias_select", allowed=("auto", "always"))
     _check(params, "bias_classes", lo=1, hi=8)
     _check(params, "bias_bins", lo=2, hi=64)
     _check(params, "pilot", allowed=("smooth", "tv", "dtv"))
     _check(params, "refresh_every", lo=1)
+    for key, lo, hi in (("holdout_fraction", 0, 0.5), ("holdout_margin", 0, None), ("holdout_every", 1, None)):
+        if key in params:
+            _check(params, key, lo=lo, hi=hi)
+
+
+class HeldOutCheck:
+    """The safeguard: voxels left out of the DIP's data term score the DIP iterates against the pilot.
+
+    A seeded fraction of the support's voxels is held out of the fidelity. At iterate t the paired difference
+    d_t(v) = (y - m_t)^2 - (y - m_0)^2 over the held-out voxels (m = the model of the measurement, b x; m_0 the
+    pilot's) estimates err(m_t) - err(m_0) there: the DIP never fitted those noise samples, and the pilot's own
+    fit to them biases m_0's and m_t's terms alike, since x_t = pilot + f_t. The best iterate is returned only
+    when its mean difference is below -z standard errors (z = ``margin``); otherwise the pilot itself."""
+
+    def __init__(self, support: np.ndarray, fraction: float, seed: int, margin: float, device):
+        rng = np.random.default_rng(int(seed) + 7919)
+        held = np.asarray(support, bool) & (rng.random(support.shape) < float(fraction))
+        self.held = torch.from_numpy(held).to(device)
+        self.fit_weight = torch.from_numpy(~held).float().to(device)
+        self.n = int(held.sum())
+        self.margin = float(margin)
+        self.base = None
+        self.best = None  # (mean difference, standard error, iteration, x, b)
+
+    def start(self, y: torch.Tensor, m0: torch.Tensor) -> None:
+        self.base = ((y - m0) ** 2)[self.held]
+
+    def update(self, it: int, y: torch.Tensor, m: torch.Tensor, x: torch.Tensor, b) -> float:
+        d = ((y - m) ** 2)[self.held] - self.base
+        mean = float(d.mean())
+        se = float(d.std()) / math.sqrt(max(self.n, 1))
+        if self.best is None or mean < self.best[0]:
+            self.best = (mean, se, it, x.detach().clone(), None if b is None else b.detach().clone())
+        return mean
+
+    def accepted(self) -> bool:
+        return self.best is not None and self.n > 0 and self.best[0] < -self.margin * self.best[1]
+
+
+def _measured_model(bx: torch.Tensor, kind: str, sigma: float, n_ch: int, magnitude: bool) -> torch.Tensor:
+    """What the held-out voxels are compared with: b x, or its expected magnitude under a noise-floor model."""
+    if magnitude and kind in ("rician", "chi", "corrected_ls"):
+        return fid.expected_magnitude(bx, sigma, n_ch)
+    return bx
+
+
+def _guard_diagnostics(guard: "HeldOutCheck") -> dict:
+    if guard.best is None:
+        return {"heldout_voxels": guard.n}
+    mean, se, it, _, _ = guard.best
+    return {"heldout_voxels": guard.n, "heldout_best_delta": mean, "heldout_best_se": se,
+            "heldout_best_iteration": int(it), "heldout_margin": guard.margin}
 
 
 def _psnr(x: np.ndarray, ref: np.ndarray, mask) -> float:
@@ -197,18 +291,25 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
         # scale (measured on the 48^3 4-coil phantom at R = 4: docs/nufft.md)
         w_dtv = float(params["kspace_weight_dtv"])
     G = _guidance() if (w_dtv > 0 or w_gc > 0 or params["sodium_guide"] != "none") else None
-    pilot = pilot_bias = None
+    pilot = pilot_bias = pilot_image = pilot_bias_raw = pilot_result = None
     xi_h = xi = None
     guide_na = params["sodium_guide"] if params["w_na"] > 0 else "none"
     if params["pilot"] in ("tv", "dtv"):
         if params["pilot"] == "dtv" and not use_proton:
             raise InputError("pilot 'dtv' needs a proton volume; use pilot 'tv' or 'smooth'")
-        pilot, pilot_bias = _classical_pilot(problem, ctx, params["pilot"])
+        pilot, pilot_bias, pilot_result = _classical_pilot(problem, ctx, params["pilot"])
+        if pilot_result.stop_rule == "cancelled" or ctx.cancelled():
+            return _pilot_only(pilot_result, params, "cancelled by the user during the pilot")
+        pilot_image, pilot_bias_raw = pilot.numpy().copy(), pilot_bias
         pilot = pilot.to(device)
     elif G is not None or params["pilot_input"] or params["warm_start"] > 0 or residual:
         G = _guidance()
         pilot = G.pilot_estimate(initial, sigma_mm=float(params["pilot_sigma_mm"]), spacing=tuple(spacing),
                                  device=device) if params["pilot_sigma_mm"] > 0 else torch.from_numpy(initial).to(device)
+    bias_decision = "estimated (bias_select always)" if bias is not None else "off (bias_degree 0)"
+    if bias is not None and params.get("bias_select", "always") == "auto":
+        bias, bias_decision = _decide_bias(bias, problem, pilot_result if params["pilot"] in ("tv", "dtv") else None,
+                                           identity)
     if bias is not None and params["bias_init"] == "pilot" and pilot_bias is not None:
         # start b at the pilot's own (N4) field, with the smooth basis refining it: b * x is then exactly
         # the pilot's model of the measurement and x its bias-corrected image. (Projecting the N4 field onto
@@ -328,6 +429,16 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
     reg_std = float(params["reg_noise_std"])
     n_support = support.sum().clamp_min(1)
 
+    guard = None
+    frac = float(params.get("holdout_fraction", 0.0))
+    if frac > 0 and identity and residual and pilot is not None and support_np.sum() >= 200:
+        guard = HeldOutCheck(support_np, frac, ctx.seed, float(params.get("holdout_margin", 2.0)), device)
+        with torch.no_grad():
+            b0 = bias() if bias is not None else None
+            guard.start(y, _measured_model(pilot * b0 if b0 is not None else pilot, kind, sigma, n_ch,
+                                           problem.magnitude))
+    check_every = int(params.get("holdout_every", 10))
+
     for it in range(0 if warm_cancelled else iterations):
         try:
             ctx.check()
@@ -346,7 +457,8 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
         bx = x * b if b is not None else x
         pred = model_data(bx)
         terms = {}
-        data = fid.negative_log_likelihood(pred, y, sigma, kind, n_ch)
+        data = fid.negative_log_likelihood(pred, y, sigma, kind, n_ch,
+                                           weight=None if guard is None else guard.fit_weight)
         terms["fidelity"] = data
         loss = data
         if w_dtv > 0:
@@ -383,6 +495,11 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
             entry["psnr"] = _psnr(ema.cpu().numpy(), ref, psnr_mask)
         history.append(entry)
         it_done = it + 1
+        if guard is not None and ((it + 1) % check_every == 0 or it + 1 == iterations):
+            with torch.no_grad():
+                bb = b.detach() if b is not None else None
+                m = _measured_model(ema * bb if bb is not None else ema, kind, sigma, n_ch, problem.magnitude)
+                entry["heldout_delta"] = guard.update(it, y, m, ema, bb)
         stop = rule.update(it, ema, entry["loss"], residual_mse=resid)
         if bias is not None and rule.best_iteration == it:
             best_bias = b.detach().clone()
@@ -406,18 +523,35 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
         with torch.no_grad():
             best_bias = bias()
 
+    stage = "dip"
+    if guard is not None and not cancelled:
+        if guard.accepted():
+            _, _, stop_iteration, image, chosen_b = guard.best
+            stop_rule = "held-out"
+            if chosen_b is not None:
+                best_bias = chosen_b
+        else:
+            stage = "pilot"
     out = image.detach().float().clamp_min(0).cpu().numpy().astype(np.float32)
     extras = {}
     if pilot is not None:
         extras["pilot"] = pilot.detach().cpu().numpy().astype(np.float32)
+    if pilot_image is not None:  # the classical pilot as it came (bias-corrected image and its own field)
+        extras["pilot_image"] = pilot_image.astype(np.float32)
+        if pilot_bias_raw is not None:
+            extras["pilot_bias"] = np.asarray(pilot_bias_raw, np.float32)
     if xi is not None:
         extras["fused_field_magnitude"] = torch.sqrt((xi * xi).sum(0)).cpu().numpy().astype(np.float32)
+    bias_out = None if best_bias is None else best_bias.cpu().numpy().astype(np.float32)
+    if stage == "pilot":  # the safeguard found no held-out evidence that the DIP stage improves on its pilot
+        out, bias_out = pilot_image.astype(np.float32), pilot_bias_raw
+        stop_rule, stop_iteration = "held-out: pilot", 0
     result = MethodResult(image=out, iterations=it_done, stop_rule=stop_rule, stop_iteration=int(stop_iteration),
-                          bias_field=None if best_bias is None else best_bias.cpu().numpy().astype(np.float32),
-                          history=history, extras=extras, params=dict(params))
+                          bias_field=bias_out, history=history, extras=extras, params=dict(params))
     # What "auto" settings resolved to (kept out of params so a written parameter file reloads cleanly).
     result.diagnostics = {"fidelity": kind, "n_channels": int(n_ch), "noise_sigma": sigma,
                           "stop_reason": rule.reason if not cancelled else "cancelled by the user",
+                          "returned_stage": stage, "bias_decision": bias_decision, **(_guard_diagnostics(guard) if guard is not None else {}),
                           "proton_used": bool(use_proton), "seconds_per_iteration":
                           (time.perf_counter() - t0) / max(it_done, 1)}
     return result

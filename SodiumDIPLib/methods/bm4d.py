@@ -6,7 +6,8 @@ the head phantom, where the pipeline's noise estimate reads ~25 % low, and hard 
 on the real 7 T pair). Presets: fast = the low-complexity profile ("lc") with hard thresholding only,
 balanced = "lc" with both stages, quality = the normal profile ("np"), both stages.
 The ``bm4d`` package has a non-commercial licence: it is an optional extra and never required.
-Receive bias: ``bias_correction="n4"`` (default) divides the image by an N4 bias estimate (mean log b = 0 on
+Receive bias: ``bias_correction="auto"`` (default) is "n4" where N4 finds a receive bias in the data and "none"
+where it does not (``tv.receive_bias``). ``bias_correction="n4"`` divides the image by an N4 bias estimate (mean log b = 0 on
 the support) before filtering and returns b as the bias field, as ``tv`` does. Rician bias: not corrected.
 """
 
@@ -18,14 +19,14 @@ import numpy as np
 
 from ..errors import Cancelled, InputError
 from .base import Method, MethodResult, Problem, RunContext, register
-from .tv import n4_bias_field, noise_sigma_of
+from .tv import noise_sigma_of, receive_bias
 
 DESCRIPTION = "BM4D collaborative filtering (optional 'bm4d' package; images only, no guidance)"
 
 PRESETS = {
-    "fast": dict(profile="lc", stages="hard", sigma_scale=1.0, bias_correction="n4"),
-    "balanced": dict(profile="lc", stages="all", sigma_scale=1.0, bias_correction="n4"),
-    "quality": dict(profile="np", stages="all", sigma_scale=1.0, bias_correction="n4"),
+    "fast": dict(profile="lc", stages="hard", sigma_scale=1.0, bias_correction="auto"),
+    "balanced": dict(profile="lc", stages="all", sigma_scale=1.0, bias_correction="auto"),
+    "quality": dict(profile="np", stages="all", sigma_scale=1.0, bias_correction="auto"),
 }
 
 
@@ -49,12 +50,9 @@ def run_bm4d(problem: Problem, params: dict, ctx: RunContext) -> MethodResult:
     y = problem.measurement
     y = y.detach().cpu().numpy() if hasattr(y, "detach") else np.asarray(y)
     y = np.asarray(np.abs(y) if np.iscomplexobj(y) else y, dtype=np.float32)
-    if params.get("bias_correction", "none") not in ("none", "n4"):
-        raise InputError(f"bias_correction must be 'none' or 'n4', got {params['bias_correction']!r}")
     sigma = noise_sigma_of(problem) * float(params["sigma_scale"])
-    bias = None
-    if params.get("bias_correction", "none") == "n4":
-        bias = n4_bias_field(y, problem.support, spacing=problem.spacing)
+    bias, bias_diag = receive_bias(y, problem.support, problem.spacing, params.get("bias_correction", "none"))
+    if bias is not None:
         y = y / bias  # noise becomes sigma / b: mildly non-uniform (b within ~[0.7, 1.4])
     try:
         ctx.check()
@@ -73,8 +71,10 @@ def run_bm4d(problem: Problem, params: dict, ctx: RunContext) -> MethodResult:
     out = out.reshape(z.shape)
     out = out[:, :, 0] if y.ndim == 2 else out
     ctx.report(1, loss=float(0.5 * np.sum((out - y) ** 2)), image=lambda: out)
-    return MethodResult(image=out, iterations=1, stop_rule="single pass", stop_iteration=1, bias_field=bias,
-                        params=dict(params))
+    result = MethodResult(image=out, iterations=1, stop_rule="single pass", stop_iteration=1, bias_field=bias,
+                          params=dict(params))
+    result.diagnostics = bias_diag
+    return result
 
 
 register(Method(name="bm4d", description=DESCRIPTION, run=run_bm4d, presets=PRESETS, supports_kspace=False,

@@ -19,6 +19,12 @@ GC          weight_gc, gc_sigma_vox (smoothing before the gradients)
 bias field  bias_degree (0 = no bias field), bias_lr, weight_bias (ridge on log b), bias_init ("none": b = 1;
             "proton": robust fit of log(smoothed data) = bias + function of the proton intensity; "pilot": the
             bias field of a classical pilot (N4 inside tv/dtv) projected onto the smooth basis)
+            bias_select ("auto": a field only where the data carry one -- the classical pilot's N4 evidence rule,
+            tv.receive_bias; "always")
+safeguard   holdout_fraction (share of the support's voxels left out of the DIP's data term, 0 = off; image data
+            with a residual pilot only), holdout_margin (standard errors by which the best DIP iterate must beat the
+            pilot on the held-out voxels, else the pilot is returned), holdout_every (iterations between checks).
+            MethodResult.diagnostics["returned_stage"] says "pilot" or "dip".
 pilot       pilot ("smooth": Gaussian-smoothed data; "tv" / "dtv": the registered classical method, fast preset),
             pilot_input (the pilot as an extra network input channel), warm_start (steps fitting it first)
 stopping    stopping ("fixed", "wmv", "discrepancy"), stop_window, stop_patience, stop_tau, stop_min_iterations
@@ -37,8 +43,8 @@ COMMON = dict(
     weight_dtv=0.3, kspace_weight_dtv=0.02, gamma=0.95, eps=0.01, eta_h=0.05, eta_na=0.1, w_h=1.0, w_na=1.0, fusion="tensor",
     sodium_guide="output", refresh_every=25, pilot="smooth", pilot_sigma_mm=6.0,
     weight_gc=0.1, gc_sigma_vox=1.0,
-    bias_degree=3, bias_lr=0.01, weight_bias=0.0, bias_init="none", bias_classes=4, bias_bins=8,
-    residual=False, stopping="fixed", stop_window=30, stop_patience=60, stop_tau=1.0, stop_min_iterations=50,
+    bias_degree=3, bias_select="always", bias_lr=0.01, weight_bias=0.0, bias_init="none", bias_classes=4, bias_bins=8,
+    residual=False, holdout_fraction=0.0, holdout_margin=2.0, holdout_every=10, stopping="fixed", stop_window=30, stop_patience=60, stop_tau=1.0, stop_min_iterations=50,
 )
 
 # Measured on the 48^3 head phantom and the 7 T pair (docs/method.md). The run starts at the proton-guided dTV
@@ -55,7 +61,8 @@ COMMON = dict(
 # field, a less strict directional prior) keep the proton leakage below dtv's (0.019; 0.023 at w_h 0.5,
 # gamma 0.95).
 FUSION = dict(COMMON, pilot="dtv", residual=True, bias_init="proton", weight_bias=1000.0, pilot_input=True,
-              proton_input=False, warm_start=0, lr=0.005, fidelity="gaussian", w_h=0.25, gamma=0.9)
+              proton_input=False, warm_start=0, lr=0.005, fidelity="gaussian", w_h=0.25, gamma=0.9,
+              holdout_fraction=0.1, bias_select="auto")
 
 PRESETS = {
     "fast": dict(FUSION, iterations=200),

@@ -25,7 +25,7 @@ DESCRIPTION = "Proton-guided directional total variation (PDHG), the classical a
 # gamma, eta tuned on the head phantom (32^3..64^3, 64^2 slice, SNR 10); lambda_sigma: SURE search centre
 # (fixed-lambda optimum: ~0.75 on the phantom, ~0.2 on the real 7 T pair)
 _COMMON = dict(lambda_sigma=0.6, kspace_lambda_sigma=0.15, lambda_select="sure", gamma=0.98, eta=0.08, guide_smoothing_vox=0.0, nonneg=True,
-               bias_correction="n4", bregman_steps=1, bregman_weight_factor=3.0)
+               bias_correction="auto", bregman_steps=1, bregman_weight_factor=3.0)
 PRESETS = {
     "fast": dict(_COMMON, iterations=60, tol=1e-3),
     "balanced": dict(_COMMON, iterations=200, tol=3e-4),

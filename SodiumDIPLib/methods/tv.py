@@ -13,7 +13,9 @@ anisotropy enters through the relative spacing h / min(h). On k-space data ``bre
 (default 1) at ``bregman_weight_factor`` (default 3) times the chosen weight follow: y_k+1 = y_k + (y - A x_k),
 x_k+1 = the solution for y_k+1; they return the contrast the prior takes away (denoising ignores them).
 
-Receive bias: with ``bias_correction="n4"`` (default) a smooth bias b is estimated from the initial image by
+Receive bias: ``bias_correction="auto"`` (default) runs N4 and keeps its field only when the data carry one (its
+log-std over the support >= bias.BIAS_EVIDENCE_LOG_STD; otherwise no field, as "none"); the decision is in
+MethodResult.diagnostics["bias_decision"]. With ``bias_correction="n4"`` a smooth bias b is always estimated from the initial image by
 N4 (SimpleITK) with mean log b = 0 over the support, and the data model becomes y = A(b x) + noise, so the
 returned x is bias-corrected and b is returned as MethodResult.bias_field -- the same contract as DIP-Fusion,
 so the baselines are compared on equal terms ("none": x fits y directly, no bias field).
@@ -46,7 +48,7 @@ DESCRIPTION = "Isotropic total variation (PDHG), regularisation weight from the 
 # kspace_lambda_sigma: centre of the GCV search / the fixed weight for k-space data; best fixed value at R = 2..8
 # on the 4-coil Cartesian head phantom: 0.15-0.2 on 32^3, 0.2-0.3 on 48^3 (docs/nufft.md)
 # bregman_steps / bregman_weight_factor: k-space data only (see solve_variational)
-_COMMON = dict(lambda_sigma=0.4, kspace_lambda_sigma=0.15, lambda_select="sure", nonneg=True, bias_correction="n4",
+_COMMON = dict(lambda_sigma=0.4, kspace_lambda_sigma=0.15, lambda_select="sure", nonneg=True, bias_correction="auto",
                bregman_steps=1, bregman_weight_factor=3.0)
 PRESETS = {
     "fast": dict(_COMMON, iterations=60, tol=1e-3),
@@ -91,6 +93,27 @@ def n4_bias_field(image: np.ndarray, support: Optional[np.ndarray] = None, level
     return np.exp(logb).astype(np.float32)
 
 
+BIAS_MODES = ("none", "n4", "auto")
+
+
+def receive_bias(image: np.ndarray, support, spacing, mode: str) -> tuple:
+    """(bias field or None, diagnostics) for ``bias_correction`` = "none" | "n4" (always) | "auto" (N4, kept only
+    when its log-std over the support reaches bias.BIAS_EVIDENCE_LOG_STD: no field where the data carry none)."""
+    if mode not in BIAS_MODES:
+        raise InputError(f"bias_correction must be one of {BIAS_MODES}, got {mode!r}")
+    if mode == "none":
+        return None, {"bias_decision": "off (bias_correction none)"}
+    from ..bias import BIAS_EVIDENCE_LOG_STD, evident_field
+
+    field = n4_bias_field(np.asarray(image, np.float32), support, spacing=spacing)
+    sup = None if support is None else np.asarray(support, bool)
+    kept, sd = evident_field(field, sup, BIAS_EVIDENCE_LOG_STD if mode == "auto" else 0.0)
+    decision = ("estimated (N4)" if mode == "n4" else
+                f"estimated: N4 log-std {sd:.3f} >= {BIAS_EVIDENCE_LOG_STD}" if kept is not None else
+                f"none: N4 log-std {sd:.3f} < {BIAS_EVIDENCE_LOG_STD} (no receive bias in the data)")
+    return kept, {"bias_decision": decision, "bias_evidence_log_std": sd}
+
+
 def relative_spacing(problem: Problem) -> Optional[tuple]:
     if not problem.spacing:
         return None
@@ -110,8 +133,8 @@ def check_params(params: dict, required: tuple) -> None:
         raise InputError(f"tol must be >= 0, got {params['tol']}")
     if params.get("lambda_select", "fixed") not in ("fixed", "sure"):
         raise InputError(f"lambda_select must be 'fixed' or 'sure', got {params['lambda_select']!r}")
-    if params.get("bias_correction", "none") not in ("none", "n4"):
-        raise InputError(f"bias_correction must be 'none' or 'n4', got {params['bias_correction']!r}")
+    if params.get("bias_correction", "none") not in BIAS_MODES:
+        raise InputError(f"bias_correction must be one of {BIAS_MODES}, got {params['bias_correction']!r}")
     steps, factor = params.get("bregman_steps", 0), params.get("bregman_weight_factor", 1.0)
     if not _is_number(steps) or not float(steps).is_integer() or not 0 <= steps <= 10:
         raise InputError(f"bregman_steps must be an integer in 0..10, got {steps!r}")
@@ -266,10 +289,9 @@ def solve_variational(problem: Problem, params: dict, ctx: RunContext, xi: Optio
     spacing = relative_spacing(problem)
     ref = None if problem.reference is None else np.asarray(problem.reference, np.float32)
     mask = None if problem.support is None else np.asarray(problem.support, bool)
-    bias = None
-    if params.get("bias_correction", "none") == "n4":
-        # estimate b from the initial image, then fit y = A(b x) + noise: x comes out bias-corrected
-        bias = n4_bias_field(np.asarray(problem.initial, np.float32), problem.support, spacing=problem.spacing)
+    # estimate b from the initial image, then fit y = A(b x) + noise: x comes out bias-corrected
+    bias, bias_diag = receive_bias(np.asarray(problem.initial, np.float32), problem.support, problem.spacing,
+                                   params.get("bias_correction", "none"))
     gain = None if bias is None else torch.from_numpy(bias).to(dev)
     x0 = None
     if identity:
@@ -377,9 +399,11 @@ def solve_variational(problem: Problem, params: dict, ctx: RunContext, xi: Optio
     if selected is not None and history:
         key = "sure_curve" if identity else "gcv_curve"
         history[0][key] = selected[key]
-    return MethodResult(image=x.detach().cpu().numpy().astype(np.float32), iterations=int(iterations),
-                        stop_rule=stop_rule, stop_iteration=int(iterations), history=history, bias_field=bias,
-                        extras=extras or {}, params=used)
+    result = MethodResult(image=x.detach().cpu().numpy().astype(np.float32), iterations=int(iterations),
+                          stop_rule=stop_rule, stop_iteration=int(iterations), history=history, bias_field=bias,
+                          extras=extras or {}, params=used)
+    result.diagnostics = bias_diag
+    return result
 
 
 def run_tv(problem: Problem, params: dict, ctx: RunContext) -> MethodResult:
