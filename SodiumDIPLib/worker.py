@@ -364,16 +364,11 @@ def execute(job: dict, emitter: Emitter, run: Run) -> int:
 
 
 def describe_methods() -> list:
-    """Every registered method with its presets and availability (what a GUI needs to build its panel)."""
+    """Every registered method with its presets, availability and parameter declarations (what a GUI needs
+    to build its panel; see Method.describe and SodiumDIPLib.params)."""
     from .methods import list_methods
 
-    out = []
-    for m in list_methods():
-        reason = m.availability()
-        out.append({"name": m.name, "description": m.description, "needs_proton": m.needs_proton,
-                    "supports_kspace": m.supports_kspace, "available": not reason, "reason": reason or "",
-                    "presets": m.presets})
-    return out
+    return [m.describe() for m in list_methods()]
 
 
 def main(argv=None) -> int:

@@ -16,6 +16,9 @@ import numpy as np
 import torch
 
 from ..errors import Cancelled, InputError
+from ..params import describe as describe_params
+from ..params import spec as declared_param
+from ..params import validate as validate_params
 from ..physics.base import LinearOperator
 
 PRESETS = ("fast", "balanced", "quality")
@@ -124,19 +127,27 @@ class Method:
     availability: Callable[[], Optional[str]] = lambda: None  # None when usable, else the reason
 
     def parameters(self, preset: str = "balanced", overrides: Optional[dict] = None) -> dict:
-        """Preset parameters with overrides applied; unknown names and bad presets are input errors."""
-        if preset not in self.presets:
+        """Preset parameters with overrides applied, every value converted and range-checked against its
+        declaration (SodiumDIPLib.params); unknown names, bad presets and bad values are InputErrors."""
+        if not isinstance(preset, str) or preset not in self.presets:
             raise InputError(f"unknown preset {preset!r} for method {self.name!r}; expected one of {sorted(self.presets)}")
         params = dict(self.presets[preset])
         for key, value in (overrides or {}).items():
             if key not in params:
                 raise InputError(f"unknown parameter {key!r} for method {self.name!r}; known: {sorted(params)}")
-            params[key] = _coerce_like(params[key], value, key)
-        return params
+            params[key] = value if declared_param(self.name, key) else _coerce_like(params[key], value, key)
+        return validate_params(self.name, params)
+
+    def describe(self) -> dict:
+        """What a GUI needs to build its panel: presets, availability and every parameter's declaration."""
+        reason = self.availability()
+        return {"name": self.name, "description": self.description, "needs_proton": self.needs_proton,
+                "supports_kspace": self.supports_kspace, "available": not reason, "reason": reason or "",
+                "presets": self.presets, "parameters": describe_params(self)}
 
 
 def _coerce_like(default, value, key):
-    """Cast an override (often a string from the CLI) to the type of the preset's value."""
+    """Cast an override of an undeclared parameter to the type of the preset's value."""
     if default is None or value is None:
         return value
     try:
@@ -152,7 +163,7 @@ def _coerce_like(default, value, key):
             return int(value)
         if isinstance(default, float):
             return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"parameter {key!r} expects a {type(default).__name__}, got {value!r}") from None
     return value
 
