@@ -788,7 +788,9 @@ def _versionTuple(text: str) -> tuple:
 #
 
 class SodiumDIPTest(ScriptedLoadableModuleTest):
-    """End to end inside Slicer on the built-in phantom (no download): worker, scene, table, plot."""
+    """A quick end-to-end check inside Slicer (seconds after the worker has imported torch): a 16^3
+    phantom through the fast ``tv`` method in the real worker, the metrics table, a slice preview and the
+    compare layout. Nothing is installed: without the worker's packages the test says so and stops."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -800,43 +802,44 @@ class SodiumDIPTest(ScriptedLoadableModuleTest):
     def test_SodiumDIP_phantom(self):
         import numpy as np
 
-        self.delayDisplay("Starting the test")
         logic = SodiumDIPLogic()
         missing = logic.missingPackages()
         if missing:
-            logic.installPackages(missing)
+            self.delayDisplay("Skipped: install the worker's packages first (the panel's Apply offers to): "
+                              + ", ".join(missing.values()))
+            return
         from SodiumDIPLib.phantom import make_phantom
 
-        case = make_phantom(shape=(24, 24, 24), seed=1)
+        self.delayDisplay("Starting the test")
+        case = make_phantom(shape=(16, 16, 16), seed=1)
         nodes = {}
-        for name, vol in (("sodium", case.sodium), ("proton", case.proton), ("reference", case.sodium_truth)):
+        for name, vol in (("sodium", case.sodium), ("reference", case.sodium_truth)):
             nodes[name] = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"phantom {name}")
             sodiumScene.update_volume_node(nodes[name], vol)
         p = logic.getParameterNode()
-        p.sodiumVolume, p.protonVolume, p.referenceVolume = nodes["sodium"], nodes["proton"], nodes["reference"]
-        p.preset, p.device = "fast", "cpu"
-        for method in ("tv", "dipfusion"):
-            p.method = method
-            logic.start(p)
-            logic.waitForRun(timeout=600)
-            self.assertEqual(logic.run.state, "finished", logic.run.error)
-            output = logic.run.nodes["output"]
-            self.assertTrue(np.allclose(slicer.util.arrayFromVTKMatrix(self._ijkToRas(output)),
-                                        slicer.util.arrayFromVTKMatrix(self._ijkToRas(nodes["sodium"]))))
-            logic.cleanup()
+        p.sodiumVolume, p.referenceVolume = nodes["sodium"], nodes["reference"]
+        p.method, p.preset, p.device = "tv", "fast", "cpu"
+        logic.start(p)
+        logic.waitForRun(timeout=300)
+        self.assertEqual(logic.run.state, "finished", logic.run.error)
+        output = logic.run.nodes["output"]
+        self.assertTrue(np.allclose(slicer.util.arrayFromVTKMatrix(self._ijkToRas(output)),
+                                    slicer.util.arrayFromVTKMatrix(self._ijkToRas(nodes["sodium"]))))
+        logic.cleanup()
         rows = sodiumScene.table_rows(p.metricsTable)
-        self.assertEqual([r["method"] for r in rows], ["tv", "dipfusion"])
+        self.assertEqual([r["method"] for r in rows], ["tv"])
         noisy = float(np.mean((slicer.util.arrayFromVolume(nodes["sodium"]) -
                                slicer.util.arrayFromVolume(nodes["reference"])) ** 2))
         noisy_psnr = 10 * np.log10(float(slicer.util.arrayFromVolume(nodes["reference"]).max()) ** 2 / noisy)
         self.assertGreater(rows[-1]["psnr_global"], noisy_psnr)
-        # preview of the slice shown in the Red view (centred on the sodium), then the comparison layout
-        slicer.util.setSliceViewerLayers(background=nodes["sodium"], foreground=None, fit=True)
-        logic.start(p, mode="slice", sliceNode=slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode())
-        logic.waitForRun(timeout=300)
-        self.assertEqual(logic.run.state, "finished", logic.run.error)
-        self.assertEqual(slicer.util.arrayFromVolume(logic.run.nodes["output"]).shape[0], 1)
-        logic.cleanup()
+        sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
+        if sliceWidget is not None:  # a layout without the Red view has nothing to preview
+            slicer.util.setSliceViewerLayers(background=nodes["sodium"], foreground=None, fit=True)
+            logic.start(p, mode="slice", sliceNode=sliceWidget.mrmlSliceNode())
+            logic.waitForRun(timeout=300)
+            self.assertEqual(logic.run.state, "finished", logic.run.error)
+            self.assertEqual(slicer.util.arrayFromVolume(logic.run.nodes["output"]).shape[0], 1)
+            logic.cleanup()
         logic.showCompare(p)
         self.delayDisplay("Test passed")
 

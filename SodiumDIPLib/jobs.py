@@ -316,7 +316,10 @@ class Job:
     def cleanup(self) -> None:
         """Stop the worker if needed, close files and remove the temporary job folder this Job created."""
         if self.proc is not None and not self._done.is_set():
-            self.cancel(timeout=2.0)
+            if self.result is not None:
+                self.kill(timeout=2.0)  # its answer is in; it is only shutting down
+            else:
+                self.cancel(timeout=2.0)
         if self._reader is not None:
             self._reader.join(timeout=5.0)
         if self._log is not None:

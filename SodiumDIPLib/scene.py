@@ -640,7 +640,11 @@ class SceneRun:
                 self.max_iterations = event.get("max_iterations") or self.max_iterations
             elif event.kind == "snapshot" and self.preview is not None:
                 self._show_snapshot(event.get("path"))
-            elif event.kind == "exit":
+            elif event.kind == "result" and self.state == "running":
+                # The answer is here: apply it now, not when the process has finished exiting (an
+                # interpreter that loaded torch can take seconds to shut down on a busy machine).
+                self._finish(result=event.data)
+            elif event.kind == "exit" and self.state == "running":
                 self._finish()
         return events
 
@@ -652,16 +656,20 @@ class SceneRun:
         except (InputError, OSError):
             pass  # a snapshot superseded and deleted before we read it: the next one will come
 
-    def _finish(self) -> None:
+    def _finish(self, result: Optional[dict] = None) -> None:
+        """The run ended: with ``result`` (its result event) or at the worker's exit (``job`` decides)."""
         job = self.job
         if self.preview is not None:
             self.preview.discard()
-        if job.result is not None and job.state in ("finished", "cancelled"):
+        if result is not None or (job.result is not None and job.state in ("finished", "cancelled")):
+            state = job.state
+            if result is not None:
+                state = "cancelled" if result.get("cancelled") else "finished"
             try:
-                loaded = read_result(job.result)
+                loaded = read_result(result if result is not None else job.result)
                 self.nodes = apply_run_results(self.scene, loaded, output_name=self.output_name, **self.targets)
                 self.record = loaded["record"]
-                self.state = job.state
+                self.state = state
             except InputError as exc:
                 self.state, self.error = "failed", str(exc)
         else:

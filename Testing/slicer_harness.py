@@ -22,6 +22,7 @@ slicer-core's own ``slicer`` package.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 import types
@@ -31,7 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 STUBS = Path(__file__).resolve().parent / "slicer_stubs"
 SLICER_PYTHON = REPO.parent / "shared" / "slicer-python"
 RELEASES = ("v5.6.0", "v5.8.0", "v5.10.0")
-MODULE_FILE = REPO / "SodiumDIP" / "SodiumDIP.py"
+#: The module under test; SODIUMDIP_MODULE_FILE points the harness at another copy (e.g. an older one, to
+#: show that the tests catch its defects).
+MODULE_FILE = Path(os.environ.get("SODIUMDIP_MODULE_FILE", REPO / "SodiumDIP" / "SodiumDIP.py"))
 _OWNED = ("slicer", "qt", "ctk", "SodiumDIP", "SampleData")
 
 

@@ -41,7 +41,10 @@ def _choose(combo, text):
     combo.currentIndex = index
 
 
-def _wait_for_methods(app):
+def _open_advanced(app):
+    """The user opens the Advanced section; then the presets are known (however the module learns them)."""
+    if app.ui.advancedCollapsibleButton.collapsed:
+        app.ui.advancedCollapsibleButton.click()
     app.tick(120, until=lambda: app.widget.logic.cachedMethods() is not None)
 
 
@@ -76,13 +79,31 @@ def test_choices_survive_reentering_the_module(app):
 
 
 def test_defaults_and_ranges_come_from_the_engine(app):
-    """Item 5 and one source of truth: before any run the Advanced fields hold the selected preset's
-    values, the widgets the engine's ranges; ticking Override first and applying sends the preset."""
+    """Item 5 and one source of truth: ticking Override on first use and applying sends the preset as it
+    is; the Advanced fields hold the selected preset's values and the widgets the engine's ranges."""
     sodium, proton = _volumes(app)
     app.enter()
-    _wait_for_methods(app)
-    info = app.widget.logic.cachedMethods()
     p = app.widget._parameterNode
+    p.sodiumVolume, p.device = sodium, "cpu"
+    _choose(app.ui.methodComboBox, "tv")
+    _choose(app.ui.presetComboBox, "fast")
+    app.ui.useAdvancedCheckBox.click()
+    assert p.useAdvanced
+    app.ui.applyButton.click()
+    run = app.widget.logic.run
+    assert run is not None and run.params == {}, "Override on first use must send the preset as it is"
+    app.tick(120, until=lambda: not app.widget.logic.running)
+    assert p.outputVolume is not None and "Done" in app.ui.statusLabel.text, app.ui.statusLabel.text
+    info = app.widget.logic.cachedMethods()
+    tv_fast = info["tv"]["presets"]["fast"]
+    assert (p.lambdaSigma, p.iterations) == (tv_fast["lambda_sigma"], tv_fast["iterations"])
+    assert app.ui.lambdaSigmaSpinBox.enabled and not app.ui.gammaSpinBox.enabled
+    assert app.ui.lambdaSigmaSpinBox.maximum == pytest.approx(
+        {d["name"]: d for d in info["tv"]["parameters"]}["lambda_sigma"]["max"])
+    # back to DIP-Fusion without Override: its preset's values and ranges
+    app.ui.useAdvancedCheckBox.click()
+    _choose(app.ui.methodComboBox, "dipfusion")
+    _choose(app.ui.presetComboBox, "balanced")
     preset = info["dipfusion"]["presets"]["balanced"]
     assert (p.gamma, p.learningRate, p.fusionWeightProton, p.protonInput) == (
         preset["gamma"], preset["lr"], preset["w_h"], preset["proton_input"])
@@ -90,25 +111,10 @@ def test_defaults_and_ranges_come_from_the_engine(app):
     assert app.ui.gammaSpinBox.maximum == pytest.approx(declared["gamma"]["max"])
     assert app.ui.biasDegreeSpinBox.maximum == declared["bias_degree"]["max"]
     assert declared["gamma"]["doc"] in app.ui.gammaSpinBox.toolTip
-    # Apply needs the proton for dipfusion; bm4d / unknown availability is taken from the engine too
-    p.sodiumVolume, p.protonVolume = sodium, None
+    # Apply needs the proton for DIP-Fusion (the engine says so), and is enabled once it is chosen
     assert not app.ui.applyButton.enabled and "proton" in app.ui.applyButton.toolTip
-    _choose(app.ui.methodComboBox, "tv")
+    p.protonVolume = proton
     assert app.ui.applyButton.enabled
-    _choose(app.ui.presetComboBox, "fast")
-    tv_fast = info["tv"]["presets"]["fast"]
-    assert (p.lambdaSigma, p.iterations) == (tv_fast["lambda_sigma"], tv_fast["iterations"])
-    assert app.ui.lambdaSigmaSpinBox.maximum == pytest.approx(
-        {d["name"]: d for d in info["tv"]["parameters"]}["lambda_sigma"]["max"])
-    app.ui.useAdvancedCheckBox.click()
-    assert p.useAdvanced and app.ui.lambdaSigmaSpinBox.enabled and not app.ui.gammaSpinBox.enabled
-    p.device = "cpu"
-    app.ui.applyButton.click()
-    run = app.widget.logic.run
-    assert run is not None and run.params == {}, "Override on first use must send the preset as it is"
-    app.tick(120, until=lambda: not app.widget.logic.running)
-    assert app.ui.applyButton.text == "Apply"
-    assert p.outputVolume is not None and "Done" in app.ui.statusLabel.text, app.ui.statusLabel.text
 
 
 def test_apply_progress_compare_and_views(app, tmp_path):
@@ -153,7 +159,7 @@ def test_cancel_keeps_the_best_result_without_blocking(app):
     """Cancel returns at once (the GUI is not blocked), the worker stops, the best result is kept."""
     sodium, _ = _volumes(app, shape=(24, 24, 24))
     app.enter()
-    _wait_for_methods(app)
+    _open_advanced(app)
     p = app.widget._parameterNode
     p.sodiumVolume, p.device = sodium, "cpu"
     _choose(app.ui.methodComboBox, "dip")
@@ -176,7 +182,6 @@ def test_closing_the_scene_mid_run_ends_the_run_cleanly(app):
     removed, and nothing of the old run reaches the new scene (also after a later Cancel click)."""
     sodium, _ = _volumes(app, shape=(24, 24, 24))
     app.enter()
-    _wait_for_methods(app)
     p = app.widget._parameterNode
     p.sodiumVolume, p.device = sodium, "cpu"
     _choose(app.ui.methodComboBox, "dip")
@@ -201,7 +206,7 @@ def test_reloading_a_saved_scene_keeps_override_values(app, tmp_path):
     """Item 6: a saved scene with Override ticked comes back with its own Advanced values."""
     sodium, _ = _volumes(app)
     app.enter()
-    _wait_for_methods(app)
+    _open_advanced(app)
     p = app.widget._parameterNode
     p.sodiumVolume = sodium
     _choose(app.ui.methodComboBox, "tv")
