@@ -155,6 +155,20 @@ def test_apply_progress_compare_and_views(app, tmp_path):
     assert app.slicer.app.cursor_depth == 0, "a wait cursor was left on"
 
 
+def test_compare_gives_three_axial_views(app):
+    """Item 4: Compare shows sodium | result | proton in three AXIAL views (Yellow and Green exist from the
+    start as sagittal and coronal; the layout's "default" orientation would not reach them)."""
+    sodium, proton = _volumes(app)
+    app.enter()
+    p = app.widget._parameterNode
+    p.sodiumVolume, p.protonVolume, p.outputVolume = sodium, proton, sodium
+    assert app.layout_manager.orientation("Yellow") == "Sagittal"
+    app.ui.compareButton.click()
+    assert [app.layout_manager.orientation(v) for v in ("Red", "Yellow", "Green")] == ["Axial"] * 3
+    assert _composite(app, "Green").GetBackgroundVolumeID() == proton.GetID()
+    assert app.slicer.app.cursor_depth == 0
+
+
 def test_cancel_keeps_the_best_result_without_blocking(app):
     """Cancel returns at once (the GUI is not blocked), the worker stops, the best result is kept."""
     sodium, _ = _volumes(app, shape=(24, 24, 24))
