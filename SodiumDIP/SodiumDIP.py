@@ -776,10 +776,16 @@ def _versionTuple(text: str) -> tuple:
     """"2.2.1+cu121" -> (2, 2, 1): the leading numeric release parts."""
     parts = []
     for piece in text.split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
         if not digits:
             break
         parts.append(int(digits))
+        if len(digits) < len(piece):  # "10rc1": a pre-release suffix ends the release numbers
+            break
     return tuple(parts)
 
 

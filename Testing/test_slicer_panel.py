@@ -257,3 +257,36 @@ def _alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_missing_packages_reads_versions_without_importing(app):
+    """Item 1 and 8: PyWavelets is required; a package older than the minimum counts as missing; the
+    check imports nothing (torch stays out of Slicer's process)."""
+    import sys
+
+    module = app.module
+    assert module.REQUIRED_PACKAGES["pywt"][0] == "PyWavelets"
+    logic = app.widget.logic
+    torch_loaded = "torch" in sys.modules
+    assert logic.missingPackages() == {}
+    assert ("torch" in sys.modules) == torch_loaded
+    module.REQUIRED_PACKAGES["numpy"] = ("numpy", "999.0")
+    try:
+        assert logic.missingPackages() == {"numpy": "numpy>=999.0"}
+    finally:
+        del module.REQUIRED_PACKAGES["numpy"]
+    assert module._versionTuple("2.2.1+cu121") == (2, 2, 1) and module._versionTuple("1.10rc1") == (1, 10)
+
+
+def test_preview_without_the_red_view_says_so(app):
+    """sliceWidget("Red") is None when the layout never had a Red view: a message, no exception, no run."""
+    sodium, _ = _volumes(app)
+    app.enter()
+    p = app.widget._parameterNode
+    p.sodiumVolume = sodium
+    _choose(app.ui.methodComboBox, "tv")
+    app.layout_manager.slice_logics.pop("Red")
+    app.tick(120, until=lambda: app.widget.logic.cachedMethods() is not None)
+    app.ui.previewButton.click()
+    assert app.widget.logic.run is None
+    assert app.dialogs and "Red view" in app.dialogs[-1][1]
