@@ -290,3 +290,16 @@ def test_preview_without_the_red_view_says_so(app):
     app.ui.previewButton.click()
     assert app.widget.logic.run is None
     assert app.dialogs and "Red view" in app.dialogs[-1][1]
+
+
+@pytest.mark.parametrize("release", RELEASES[-1:])
+def test_the_modules_self_test_runs(release):
+    """SodiumDIPTest (what *Reload and Test* runs in Slicer) on the newest release's Python."""
+    harness = slicer_harness.SlicerApp(release)
+    try:
+        test = harness.module.SodiumDIPTest()
+        test.delayDisplay = lambda *args, **kwargs: None  # a message box with a delay in Slicer
+        test.runTest()
+        assert [harness.layout_manager.orientation(v) for v in ("Red", "Yellow", "Green")] == ["Axial"] * 3
+    finally:
+        harness.close()
