@@ -8,7 +8,12 @@ end in one ``error`` event with a readable message, followed by an ``exit`` even
 
 ``cancel()`` sends SIGTERM to the whole process group (the worker keeps its best result so far and exits
 with ``worker.EXIT_CANCELLED``), waits, then SIGKILLs the group, so no process outlives the job.
-``cleanup()`` also removes the temporary job folder the Job created.
+``request_cancel()`` does the same without waiting (for a GUI): ``poll()`` escalates to a kill once the
+grace time has passed. ``kill()`` stops the worker's whole process tree at once (no result wanted).
+On Windows a process group does not hold the worker's children (PythonSlicer is a launcher that runs
+python-real as a child), so the tree is killed with ``taskkill /T /F``; on POSIX the group is signalled.
+``cleanup()`` also removes the temporary job folder the Job created; ``keep_log()`` first copies the
+worker's log (its stderr: tracebacks, warnings) somewhere that outlives the job.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,6 +82,8 @@ class Job:
         self._log = None
         self._done = threading.Event()
         self._seen: set = set()
+        self._kill_at: Optional[float] = None
+        self._log_path: Optional[Path] = None
 
     # --- starting ---------------------------------------------------------------------------------------
 
@@ -207,7 +215,12 @@ class Job:
     # --- polling ----------------------------------------------------------------------------------------
 
     def poll(self) -> list:
-        """Events that arrived since the last call (never blocks). Updates ``state``, ``result``, ``error``."""
+        """Events that arrived since the last call (never blocks). Updates ``state``, ``result``, ``error``.
+
+        After ``request_cancel`` it also kills the worker's process tree once the grace time has passed."""
+        if self._kill_at is not None and time.monotonic() >= self._kill_at and not self._done.is_set():
+            self._kill_at = None
+            self._kill_group(signal.SIGKILL if not _WINDOWS else None)
         out = []
         while True:
             try:
@@ -247,18 +260,41 @@ class Job:
     # --- stopping ---------------------------------------------------------------------------------------
 
     def _kill_group(self, sig) -> None:
+        """POSIX: signal the worker's process group. Windows: ``None`` kills the whole process tree (the
+        PythonSlicer launcher and its python-real child), anything else sends CTRL_BREAK to the group."""
         if self.proc is None:
             return
         try:
             if _WINDOWS:
                 if sig is None:
-                    self.proc.kill()
+                    kill_process_tree(self.proc.pid)
                 else:
                     self.proc.send_signal(signal.CTRL_BREAK_EVENT)
             else:
+                if sig == signal.SIGKILL and self.proc.poll() is None:
+                    kill_process_tree(self.proc.pid)  # children that left the group (a launcher's child)
                 os.killpg(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError, OSError):
             pass
+
+    def request_cancel(self, grace: float = 10.0) -> None:
+        """Ask the worker to stop and keep its best result, without waiting (for a GUI timer).
+
+        ``poll()`` kills the process tree if the worker has not exited ``grace`` s later."""
+        if self.proc is None or self._done.is_set():
+            return
+        self._cancel_requested = True
+        self._kill_group(signal.SIGTERM if not _WINDOWS else signal.CTRL_BREAK_EVENT)
+        self._kill_at = time.monotonic() + grace
+
+    def kill(self, timeout: float = 5.0) -> bool:
+        """Stop the worker's whole process tree now (its result is not wanted); True once it has exited."""
+        if self.proc is None:
+            return True
+        if not self._done.is_set():
+            self._cancel_requested = True
+            self._kill_group(signal.SIGKILL if not _WINDOWS else None)
+        return self._done.wait(timeout)
 
     def cancel(self, timeout: float = 5.0) -> None:
         """Ask the worker to stop (SIGTERM to its process group), wait up to ``timeout`` s, then SIGKILL.
@@ -280,16 +316,32 @@ class Job:
     def cleanup(self) -> None:
         """Stop the worker if needed, close files and remove the temporary job folder this Job created."""
         if self.proc is not None and not self._done.is_set():
-            self.cancel(timeout=2.0)
+            if self.result is not None:
+                self.kill(timeout=2.0)  # its answer is in; it is only shutting down
+            else:
+                self.cancel(timeout=2.0)
         if self._reader is not None:
             self._reader.join(timeout=5.0)
         if self._log is not None:
             self._log.close()
             self._log = None
         if self.owns_folder and self.folder is not None and self.folder.exists():
-            import shutil
-
             shutil.rmtree(self.folder, ignore_errors=True)
+
+    def keep_log(self, folder: Union[str, Path]) -> Optional[Path]:
+        """Copy the worker's log into ``folder`` (created if needed) under a unique name; returns the copy
+        (None when there is no log). Call before ``cleanup()``, which removes the job folder."""
+        if self._log_path is None or not Path(self._log_path).is_file():
+            return None
+        if self._log is not None:
+            self._log.flush()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        fd, name = tempfile.mkstemp(prefix=f"sodiumdip-worker-{stamp}-", suffix=".log", dir=folder)
+        os.close(fd)
+        shutil.copyfile(self._log_path, name)
+        return Path(name)
 
     def log_text(self) -> str:
         """Everything the worker wrote to stderr (its log)."""
@@ -335,21 +387,49 @@ class JobController:
             self.job = None
 
 
-def describe_methods(python_executable: Optional[str] = None, timeout: float = 120.0) -> dict:
-    """Ask a worker interpreter for the registered methods: name -> {description, presets, available, ...}.
+def kill_process_tree(pid: int) -> None:
+    """Kill process ``pid`` and every process it started (Windows: ``taskkill /T /F``; POSIX: the children
+    found in /proc, deepest first, then ``pid``). For a launcher whose real interpreter is its child."""
+    if _WINDOWS:
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        return
+    for child in reversed(_descendants(pid)):
+        try:
+            os.kill(child, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
-    Runs ``python -m SodiumDIPLib.worker --describe`` so that the caller (Slicer's GUI process) never imports
-    torch itself. Raises RuntimeError with the worker's message when it cannot answer.
-    """
+
+def _descendants(pid: int) -> list:
+    """Every descendant of ``pid`` (breadth first), from /proc (Linux)."""
+    children: dict = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(0), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _describe_command(python_executable: Optional[str]):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(package_root()) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    try:
-        proc = subprocess.run([python_executable or sys.executable, "-m", "SodiumDIPLib.worker", "--describe"],
-                              capture_output=True, text=True, timeout=timeout, env=env,
-                              stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RuntimeError(f"cannot start the SodiumDIP worker to list methods: {exc}") from None
-    for line in proc.stdout.splitlines():
+    return [python_executable or sys.executable, "-m", "SodiumDIPLib.worker", "--describe"], env
+
+
+def _parse_describe(stdout: str, stderr: str, returncode) -> dict:
+    for line in stdout.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -358,8 +438,77 @@ def describe_methods(python_executable: Optional[str] = None, timeout: float = 1
             return {m["name"]: m for m in record["methods"]}
         if record.get("event") == "error":
             raise RuntimeError(record.get("message", "unknown error"))
-    raise RuntimeError(f"the SodiumDIP worker did not list its methods (exit code {proc.returncode}): "
-                       f"{proc.stderr.strip()[-500:]}")
+    raise RuntimeError(f"the SodiumDIP worker did not list its methods (exit code {returncode}): "
+                       f"{stderr.strip()[-500:]}")
+
+
+class DescribeJob:
+    """``describe_methods`` without blocking: started at once, ``poll()`` returns the methods dict once the
+    worker answered (None before), or raises RuntimeError with the worker's message. For a GUI timer."""
+
+    def __init__(self, python_executable: Optional[str] = None, timeout: float = 120.0):
+        command, env = _describe_command(python_executable)
+        self._deadline = time.monotonic() + timeout
+        self._out = tempfile.TemporaryFile()
+        self._err = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
+                                         env=env)
+        except OSError as exc:
+            self.close()
+            raise RuntimeError(f"cannot start the SodiumDIP worker to list methods: {exc}") from None
+
+    def poll(self) -> Optional[dict]:
+        rc = self.proc.poll()
+        if rc is None:
+            if time.monotonic() < self._deadline:
+                return None
+            self.proc.kill()
+            rc = self.proc.wait()
+        try:
+            self._out.seek(0)
+            self._err.seek(0)
+            return _parse_describe(self._out.read().decode("utf-8", "replace"),
+                                   self._err.read().decode("utf-8", "replace"), rc)
+        finally:
+            self.close()
+
+    def wait(self, timeout: float = 120.0) -> dict:
+        """Block until the answer (scripts, or a GUI that cannot go on without it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self.poll()
+            if answer is not None:
+                return answer
+            if time.monotonic() >= deadline:
+                self.proc.kill()
+                raise RuntimeError("the SodiumDIP worker did not list its methods in time")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for f in (self._out, self._err):
+            if not f.closed:
+                f.close()
+
+    proc = None
+
+
+def describe_methods(python_executable: Optional[str] = None, timeout: float = 120.0) -> dict:
+    """Ask a worker interpreter for the registered methods: name -> {description, presets, available, ...}.
+
+    Runs ``python -m SodiumDIPLib.worker --describe`` so that the caller (Slicer's GUI process) never imports
+    torch itself. Raises RuntimeError with the worker's message when it cannot answer.
+    """
+    command, env = _describe_command(python_executable)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"cannot start the SodiumDIP worker to list methods: {exc}") from None
+    return _parse_describe(proc.stdout, proc.stderr, proc.returncode)
 
 
 def wait_for(job: Job, timeout: float = 60.0, interval: float = 0.05) -> list:

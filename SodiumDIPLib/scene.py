@@ -33,6 +33,8 @@ RUN_ATTRIBUTE = "SodiumDIP.run"
 #: Parameter-node key holding the last run's record.
 LAST_RUN_PARAMETER = "LastRun"
 PREVIEW_NODE_NAME = "SodiumDIP live preview"
+#: Where the worker's log of a failed run is kept (the run's temporary folder is removed).
+LOG_FOLDER = Path(tempfile.gettempdir()) / "SodiumDIP-logs"
 #: Fixed metrics-table columns (every metric gets its own column after these).
 TABLE_COLUMNS = ("method", "preset", "mode", "parameters", "stop_rule", "iterations", "seconds")
 
@@ -152,8 +154,12 @@ PANEL_PARAMETERS = {
 }
 
 
-def _engine_name(field: str, preset_params: dict) -> Optional[str]:
+def engine_name(field: str, preset_params: dict) -> Optional[str]:
+    """The engine parameter a panel field sets for a method (the first of its names the preset has)."""
     return next((n for n in PANEL_PARAMETERS[field] if n in preset_params), None)
+
+
+_engine_name = engine_name
 
 
 def panel_values(preset_params: dict) -> dict:
@@ -375,13 +381,20 @@ def register_compare_layout(layout_node, orientation: str = "Axial") -> int:
     return COMPARE_LAYOUT_ID
 
 
-def show_side_by_side(scene, sodium_node, result_node, proton_node=None, table_node=None) -> int:
+def show_side_by_side(scene, sodium_node, result_node, proton_node=None, table_node=None,
+                      orientation: str = "Axial") -> int:
     """Put sodium | result | proton in the Red | Yellow | Green views, link them, show the table.
 
-    Works on the slice composite / table view nodes present in the scene (the layout manager creates them
-    when the compare layout is shown). Returns how many slice views were set.
+    Works on the slice / slice composite / table view nodes present in the scene (the layout manager
+    creates them when the compare layout is shown). The three views get ``orientation`` explicitly: a
+    layout's "default" orientation applies only to views it creates, and Yellow / Green already exist
+    (sagittal / coronal) in every session. Returns how many slice views were set.
     """
     volumes = {"Red": sodium_node, "Yellow": result_node, "Green": proton_node}
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+        slice_node = scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+        if slice_node.GetLayoutName() in volumes:
+            slice_node.SetOrientation(orientation)
     count = 0
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
         comp = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
@@ -570,6 +583,8 @@ class SceneRun:
         self.metrics: dict = {}
         self.nodes: dict = {}
         self.record: Optional[dict] = None
+        self.log_path: Optional[Path] = None
+        self.abandoned = False
 
     def build_job(self) -> dict:
         """Write the input nodes to NRRD files and return the worker job (no process started)."""
@@ -612,7 +627,7 @@ class SceneRun:
         return self.state == "running"
 
     def poll(self) -> list:
-        if self.job is None:
+        if self.job is None or self.abandoned:
             return []
         events = self.job.poll()
         for event in events:
@@ -625,7 +640,11 @@ class SceneRun:
                 self.max_iterations = event.get("max_iterations") or self.max_iterations
             elif event.kind == "snapshot" and self.preview is not None:
                 self._show_snapshot(event.get("path"))
-            elif event.kind == "exit":
+            elif event.kind == "result" and self.state == "running":
+                # The answer is here: apply it now, not when the process has finished exiting (an
+                # interpreter that loaded torch can take seconds to shut down on a busy machine).
+                self._finish(result=event.data)
+            elif event.kind == "exit" and self.state == "running":
                 self._finish()
         return events
 
@@ -637,25 +656,65 @@ class SceneRun:
         except (InputError, OSError):
             pass  # a snapshot superseded and deleted before we read it: the next one will come
 
-    def _finish(self) -> None:
+    def _finish(self, result: Optional[dict] = None) -> None:
+        """The run ended: with ``result`` (its result event) or at the worker's exit (``job`` decides)."""
         job = self.job
         if self.preview is not None:
             self.preview.discard()
-        if job.result is not None and job.state in ("finished", "cancelled"):
+        if result is not None or (job.result is not None and job.state in ("finished", "cancelled")):
+            state = job.state
+            if result is not None:
+                state = "cancelled" if result.get("cancelled") else "finished"
             try:
-                loaded = read_result(job.result)
+                loaded = read_result(result if result is not None else job.result)
                 self.nodes = apply_run_results(self.scene, loaded, output_name=self.output_name, **self.targets)
                 self.record = loaded["record"]
-                self.state = job.state
+                self.state = state
             except InputError as exc:
                 self.state, self.error = "failed", str(exc)
         else:
             self.state = "cancelled" if job.state == "cancelled" else "failed"
             self.error = job.error or "the run ended without a result"
+        if self.state == "failed":
+            self._keep_log()
+
+    def _keep_log(self) -> None:
+        """Keep the worker's log of a failed run (the temporary folder goes) and name it in the error."""
+        import logging
+
+        try:
+            self.log_path = self.job.keep_log(LOG_FOLDER)
+        except OSError as exc:
+            logging.getLogger("SodiumDIP").error("SodiumDIP: the worker's log could not be kept: %s", exc)
+            return
+        if self.log_path is not None:
+            self.error = f"{self.error} (worker log: {self.log_path})"
+            tail = self.job.log_text()[-3000:]
+            logging.getLogger("SodiumDIP").error("SodiumDIP run failed: %s\n--- worker log %s (end) ---\n%s",
+                                                 self.error, self.log_path, tail)
 
     def cancel(self, timeout: float = 5.0) -> None:
+        """Stop the worker and wait (up to ``timeout`` s); the next ``poll()`` applies its best result."""
         if self.job is not None:
             self.job.cancel(timeout)
+
+    def request_cancel(self, grace: float = 10.0) -> None:
+        """Ask the worker to stop without waiting; polling applies its best result when it comes."""
+        if self.job is not None:
+            self.job.request_cancel(grace)
+
+    def abandon(self, timeout: float = 5.0) -> None:
+        """End the run without touching the scene (the scene is closing): kill the worker's process tree,
+        read what it said, discard the result, remove the live preview and the temporary folder."""
+        if self.state != "running":
+            self.cleanup()
+            return
+        self.abandoned = True
+        if self.job is not None:
+            self.job.kill(timeout)
+            self.job.poll()
+        self.state, self.error = "cancelled", "the scene was closed; the run was stopped and its result dropped"
+        self.cleanup()
 
     def wait(self, timeout: float = 120.0, interval: float = 0.05) -> list:
         """Poll until the run has ended (for scripts and tests; a GUI polls from a timer instead)."""

@@ -174,3 +174,120 @@ def test_controller_runs_one_job_at_a_time(tmp_path):
     assert events[-1].kind == "exit" and second.state == "cancelled"
     controller.cleanup()
     assert controller.job is None and not alive(second.pid)
+
+
+# --- what the Slicer panel relies on: a cancel that does not block, a launcher's child, kept logs ----------
+
+def test_tv_cancel_request_is_answered_within_two_seconds(case, tmp_path):
+    """The GUI's Cancel (request_cancel) returns at once; the real tv worker exits with its best result
+    within 2 s of the request (here: in its solver loop, with a budget it would not finish)."""
+    job = Job().start({"inputs": {"sodium": str(case["paths"]["sodium"])}, "method": "tv", "preset": "fast",
+                       "params": {"iterations": 100000, "tol": 0.0, "lambda_select": "fixed"},
+                       "device": "cpu", "snapshot_interval_s": 0})
+    try:
+        events = []
+        deadline = time.monotonic() + 90
+        while not any(e.kind == "progress" for e in events) and job.running and time.monotonic() < deadline:
+            events += job.poll()
+            time.sleep(0.02)
+        assert any(e.kind == "progress" for e in events), [e.kind for e in events]
+        t0 = time.monotonic()
+        job.request_cancel(grace=10.0)
+        assert time.monotonic() - t0 < 0.1, "request_cancel must not wait"
+        while job.result is None and job.running and time.monotonic() - t0 < 10:
+            events += job.poll()
+            time.sleep(0.02)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 2.0, f"the tv worker answered the cancel after {elapsed:.2f} s"
+        assert job.result is not None and job.result["cancelled"] and Path(job.result["output"]).is_file()
+        events += wait_for(job, timeout=15)  # then the process exits (interpreter shutdown)
+        assert job.state == "cancelled" and events[-1].kind == "exit"
+    finally:
+        job.cleanup()
+
+
+LAUNCHER = r'''#!{python}
+"""Like Slicer's PythonSlicer on Windows: runs the real interpreter as a child (here in a session of its
+own, so that signalling the launcher's process group does not reach it) and waits for it."""
+import os, subprocess, sys
+child = subprocess.Popen([sys.executable] + sys.argv[1:], start_new_session=True)
+with open(os.environ["LAUNCHER_CHILD_FILE"], "w") as fh:
+    fh.write(str(child.pid))
+sys.exit(child.wait())
+'''
+
+
+def test_kill_stops_a_launchers_child_process_tree(case, tmp_path, monkeypatch):
+    """A launcher whose real interpreter is its child (PythonSlicer -> python-real): kill() stops both."""
+    import sys
+
+    launcher = tmp_path / "PythonSlicer"
+    launcher.write_text(LAUNCHER.format(python=sys.executable))
+    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
+    child_file = tmp_path / "child.pid"
+    monkeypatch.setenv("LAUNCHER_CHILD_FILE", str(child_file))
+    plugin = write_plugin(tmp_path)
+    job = Job().start(slow_job(case, plugin, iterations=100000, sleep=0.05), python_executable=str(launcher))
+    try:
+        deadline = time.monotonic() + 60
+        events = []
+        while not any(e.kind == "progress" for e in events) and time.monotonic() < deadline:
+            events += job.poll()
+            time.sleep(0.02)
+        child = int(child_file.read_text())
+        assert alive(job.pid) and alive(child) and os.getpgid(child) != os.getpgid(job.pid)
+        assert job.kill(timeout=5)
+        time.sleep(0.1)
+        assert not alive(job.pid) and not alive(child), "the launcher's child outlived the kill"
+    finally:
+        job.cleanup()
+
+
+def test_kill_process_tree_kills_every_descendant(tmp_path):
+    import subprocess
+    import sys
+
+    from SodiumDIPLib.jobs import kill_process_tree
+
+    pidfile = tmp_path / "grandchild.pid"
+    code = ("import subprocess, sys, time; "
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True); "
+            f"open({str(pidfile)!r}, 'w').write(str(c.pid)); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        grandchild = int(pidfile.read_text())
+        kill_process_tree(parent.pid)
+        parent.wait(timeout=5)
+        time.sleep(0.1)
+        assert not alive(grandchild)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_a_failed_runs_worker_log_is_kept(case, tmp_path):
+    """The log (with the traceback) is copied out before cleanup() removes the job folder."""
+    plugin = write_plugin(tmp_path)
+    job = Job().start(slow_job(case, plugin, iterations=10, fail_at=2))
+    try:
+        wait_for(job, timeout=60)
+        assert job.state == "failed"
+        kept = job.keep_log(tmp_path / "logs")
+    finally:
+        job.cleanup()
+    assert not job.folder.exists() and kept.is_file()
+    assert "boom at iteration 2" in kept.read_text() and "Traceback" in kept.read_text()
+
+
+def test_describe_job_does_not_block(tmp_path):
+    from SodiumDIPLib.jobs import DescribeJob
+
+    t0 = time.monotonic()
+    query = DescribeJob()
+    first = query.poll()
+    assert time.monotonic() - t0 < 1.0 and first is None, "the query must answer later, not block"
+    methods = query.wait(timeout=120)
+    assert "tv" in methods and methods["tv"]["parameters"]

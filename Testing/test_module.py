@@ -69,7 +69,7 @@ def test_follows_the_scripted_module_template(module_tree):
     assert classes["SodiumDIPLogic"] == ["ScriptedLoadableModuleLogic"]
     assert classes["SodiumDIPTest"] == ["ScriptedLoadableModuleTest"]
     src = MODULE.read_text()
-    for needle in ('loadUI(self.resourcePath("UI/SodiumDIP.ui"))', "connectGui(self.ui)",
+    for needle in ('loadUI(self.resourcePath("UI/SodiumDIP.ui"))', "connectParameterNodeGui(self._parameterNode, self.ui)",
                    'slicer.app.connect("startupCompleted()", registerSampleData)',
                    "registerCustomSampleDataSource", "self.parent.categories", "self.parent.acknowledgementText"):
         assert needle in src, needle
@@ -95,8 +95,9 @@ def test_parameter_names_match_fields_one_to_one(module_tree, ui_widgets):
                 param = prop.find("string").text
                 assert param not in bound, f"{param} bound twice ({bound.get(param)} and {name})"
                 bound[param] = w
-    assert set(bound) == set(fields), (f"in .ui only: {sorted(set(bound) - set(fields))}; "
-                                       f"in the parameter node only: {sorted(set(fields) - set(bound))}")
+    unbound = set(fields) - set(bound)
+    assert unbound == {"advancedSource"}, f"parameter-node fields without a widget: {sorted(unbound)}"
+    assert set(bound) <= set(fields), f"in .ui only: {sorted(set(bound) - set(fields))}"
     for param, w in bound.items():
         cls, annotation = w.get("class"), fields[param][0]
         kind = base_type(annotation)
@@ -118,7 +119,25 @@ def test_node_selectors_get_the_scene(ui_widgets):
     assert combos and combos <= connected, f"selectors without a scene: {sorted(combos - connected)}"
 
 
-def test_spin_box_ranges_hold_the_defaults(module_tree, ui_widgets):
+def test_advanced_fields_hold_no_copy_of_the_engine_values(module_tree, ui_widgets):
+    """Defaults and ranges of the Advanced fields come from the engine (presets + SodiumDIPLib.params via
+    worker --describe): the parameter node declares none, and the .ui sets no range on their widgets."""
+    from SodiumDIPLib.scene import PANEL_PARAMETERS
+
+    widgets, _ = ui_widgets
+    fields = parameter_fields(module_tree)
+    for field in PANEL_PARAMETERS:
+        annotation, default = fields[field]
+        assert "WithinRange" not in annotation, f"{field}: a range copied into the module"
+        assert default is None or "_engineChoices" in default, f"{field}: a default copied into the module"
+    for w in widgets.values():
+        prop = w.find("property[@name='SlicerParameterName']")
+        if prop is not None and prop.find("string").text in PANEL_PARAMETERS:
+            names = {p.get("name") for p in w.findall("property")}
+            assert not names & {"minimum", "maximum", "value"}, f"{w.get('name')}: range/value in the .ui"
+
+
+def test_panel_only_spin_boxes_match_their_validators(module_tree, ui_widgets):
     widgets, _ = ui_widgets
     fields = parameter_fields(module_tree)
     for w in widgets.values():
@@ -126,15 +145,13 @@ def test_spin_box_ranges_hold_the_defaults(module_tree, ui_widgets):
         if prop is None or w.get("class") not in ("QDoubleSpinBox", "QSpinBox"):
             continue
         name = prop.find("string").text
-        default = fields[name][1]
+        m = re.search(r"WithinRange\(([^,]+), ([^)]+)\)", fields[name][0])
+        if m is None:
+            continue
         lo = float(w.find("property[@name='minimum']/*").text)
         hi = float(w.find("property[@name='maximum']/*").text)
-        assert default is not None and lo <= float(default) <= hi, f"{name}: default {default} not in [{lo}, {hi}]"
-        m = re.search(r"WithinRange\(([^,]+), ([^)]+)\)", fields[name][0])
-        assert m and float(m.group(1)) == lo and float(m.group(2)) == hi, f"{name}: .ui range != validator range"
-        if w.get("class") == "QDoubleSpinBox":
-            decimals = int(w.find("property[@name='decimals']/number").text)
-            assert round(float(default), decimals) == float(default), f"{name}: {decimals} decimals hide {default}"
+        assert float(m.group(1)) == lo and float(m.group(2)) == hi, f"{name}: .ui range != validator range"
+        assert lo <= float(fields[name][1]) <= hi
 
 
 def test_panel_choices_and_advanced_fields_exist_in_the_engine(module_tree):
@@ -288,147 +305,3 @@ def test_gui_side_never_imports_torch():
     imported = {n.names[0].name for n in ast.walk(ast.parse(MODULE.read_text())) if isinstance(n, ast.Import)}
     imported |= {n.module for n in ast.walk(ast.parse(MODULE.read_text())) if isinstance(n, ast.ImportFrom)}
     assert not any(m and m.split(".")[0] == "torch" for m in imported)
-
-
-# --- the module's logic in a stand-in for the Slicer application --------------------------------------
-
-def _stand_in_slicer(monkeypatch, scene):
-    """Import SodiumDIP.py with the GUI-only Slicer pieces replaced by minimal stand-ins.
-
-    MRML (slicer-core) is real: the scene, nodes and slicer.util array helpers. Stand-ins: qt/ctk (unused by
-    the logic), slicer.app, slicer.i18n, ScriptedLoadableModule base classes and a small
-    parameterNodeWrapper that keeps typed values on a vtkMRMLScriptedModuleNode. The widget is not run.
-    """
-    import importlib.util
-    import types
-    import typing
-
-    import slicer
-
-    qt = types.ModuleType("qt")
-    ctk = types.ModuleType("ctk")
-    i18n = types.ModuleType("slicer.i18n")
-    i18n.tr = lambda text: text
-    i18n.translate = lambda context, text: text
-    slm = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class _Base:
-        def __init__(self, *args, **kwargs):
-            pass
-
-    class Logic(_Base):
-        def getParameterNode(self):
-            node = scene.GetSingletonNode("SodiumDIP", "vtkMRMLScriptedModuleNode")
-            if node is None:
-                node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "SodiumDIP")
-                node.SetSingletonTag("SodiumDIP")
-            return node
-
-    slm.ScriptedLoadableModule = slm.ScriptedLoadableModuleWidget = slm.ScriptedLoadableModuleTest = _Base
-    slm.ScriptedLoadableModuleLogic = Logic
-    pnw = types.ModuleType("slicer.parameterNodeWrapper")
-    pnw.Choice = pnw.WithinRange = lambda *a, **k: None
-
-    def parameterNodeWrapper(cls):
-        hints = typing.get_type_hints(cls, include_extras=True)
-        defaults = {name: cls.__dict__.get(name) for name in hints}
-
-        def init(self, node):
-            self.parameterNode = node
-            self._values = dict(defaults)
-
-        def prop(name):
-            def get(self):
-                return self._values[name]
-
-            def put(self, value):
-                self._values[name] = value
-                self.parameterNode.SetParameter(name, str(value))  # observers see a modification
-            return property(get, put)
-
-        for name in hints:
-            setattr(cls, name, prop(name))
-        cls.__init__ = init
-        return cls
-
-    pnw.parameterNodeWrapper = parameterNodeWrapper
-
-    class App:
-        def connect(self, *args):
-            pass
-
-        def processEvents(self):
-            pass
-
-    monkeypatch.setitem(sys.modules, "qt", qt)
-    monkeypatch.setitem(sys.modules, "ctk", ctk)
-    monkeypatch.setitem(sys.modules, "slicer.i18n", i18n)
-    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
-    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
-    monkeypatch.setattr(slicer, "app", App(), raising=False)
-    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    spec = importlib.util.spec_from_file_location("SodiumDIP_under_test", MODULE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_logic_runs_in_a_stand_in_slicer(monkeypatch, tmp_path):
-    import numpy as np
-    import slicer
-
-    from SodiumDIPLib import scene as sc
-    from SodiumDIPLib.volume import Volume, ijk_to_ras_matrix
-
-    scene = slicer.vtkMRMLScene()
-    mod = _stand_in_slicer(monkeypatch, scene)
-    rng = np.random.default_rng(0)
-    truth = np.zeros((12, 14, 16), np.float32)
-    truth[3:9, 4:10, 4:12] = 40
-    sodium_vol = Volume(truth + 5 + rng.normal(0, 3, truth.shape).astype(np.float32), (3.0, 3.0, 4.0),
-                        (5.0, -7.0, 2.0))
-    sodium = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "sodium")
-    sc.update_volume_node(sodium, sodium_vol)
-
-    logic = mod.SodiumDIPLogic()
-    p = logic.getParameterNode()
-    p.sodiumVolume, p.method, p.preset, p.device = sodium, "tv", "fast", "cpu"
-    assert not logic.missingPackages(), "the worker's packages are installed here"
-    assert logic.overrides(p) == {}, "without 'override' ticked the preset runs as it is"
-    logic.start(p)
-    assert logic.running
-    info = logic.methods()  # asked from a worker interpreter (while the run goes on)
-    assert set(mod.METHODS) <= set(info)
-    logic.waitForRun(timeout=120)
-    run = logic.run
-    assert run.state == "finished", run.error
-    out = run.nodes["output"]
-    assert out.GetName() == "SodiumDIP result"
-    np.testing.assert_allclose(sc.volume_node_to_volume(out).array.shape, truth.shape)
-    rows = sc.table_rows(p.metricsTable)
-    assert len(rows) == 1 and json.loads(rows[0]["parameters"]) == info["tv"]["presets"]["fast"]
-    assert "tv" in logic.resultText(run) and "Iteration" in logic.statusText(run)
-    logic.cleanup()
-
-    logic.applyPresetToParameterNode(p, info)
-    assert p.iterations == info["tv"]["presets"]["fast"]["iterations"]
-    p.useAdvanced, p.iterations = True, 7
-    assert logic.overrides(p) == {"iterations": 7}
-
-    # the 2D preview of the slice a view shows: a separate node, the chosen output is not touched
-    p.outputVolume = out
-    before = slicer.util.arrayFromVolume(out).copy()
-    slice_to_ras = np.eye(4)
-    slice_to_ras[:3, 3] = (ijk_to_ras_matrix(sodium_vol) @ np.array([8, 7, 6, 1.0]))[:3]
-    slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
-    slice_node.GetSliceToRAS().DeepCopy(sc.to_vtk_matrix(slice_to_ras))
-    logic.start(p, mode="slice", sliceNode=slice_node)
-    logic.waitForRun(timeout=120)
-    assert logic.run.state == "finished", logic.run.error
-    preview = logic.run.nodes["output"]
-    assert preview.GetName() == "SodiumDIP slice preview" and preview is not out
-    assert slicer.util.arrayFromVolume(preview).shape == (1, 14, 16)
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(out), before)
-    rows = sc.table_rows(p.metricsTable)
-    assert [r["mode"] for r in rows] == ["volume", "slice"] and json.loads(rows[1]["parameters"])["iterations"] == 7
-    logic.cleanup()

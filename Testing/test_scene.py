@@ -153,7 +153,8 @@ def test_real_data_run_writes_back_same_geometry_table_and_plot(scene, uhf_dir, 
         run.cleanup()
 
 
-def test_failed_run_leaves_scene_unchanged(scene, tmp_path):
+def test_failed_run_leaves_scene_unchanged(scene, tmp_path, monkeypatch):
+    monkeypatch.setattr(sc, "LOG_FOLDER", tmp_path / "logs")
     sodium = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "sodium")
     big = Volume(np.random.default_rng(0).random((12, 12, 12)).astype(np.float32) + 1, (2, 2, 2))
     sc.update_volume_node(sodium, big)
@@ -189,6 +190,9 @@ def test_failed_run_leaves_scene_unchanged(scene, tmp_path):
         assert table.GetNumberOfRows() == 0
     finally:
         run.cleanup()
+    # the worker's log outlives the run's temporary folder, and the message names it
+    assert run.log_path is not None and run.log_path.parent == tmp_path / "logs"
+    assert str(run.log_path) in run.error and "boom at iteration 30" in run.log_path.read_text()
 
 
 def test_unreadable_result_files_change_nothing(scene, tmp_path):
