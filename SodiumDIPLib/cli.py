@@ -16,7 +16,8 @@ from . import __version__
 from .errors import InputError
 
 #: Modules that add subcommands (each defines register_commands(subparsers)).
-COMMAND_MODULES = ("SodiumDIPLib.benchmark", "SodiumDIPLib.cli_kspace", "SodiumDIPLib.report.cli")
+COMMAND_MODULES = ("SodiumDIPLib.benchmark", "SodiumDIPLib.cli_kspace", "SodiumDIPLib.report.cli",
+                   "SodiumDIPLib.app")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
