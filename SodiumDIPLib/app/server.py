@@ -29,6 +29,8 @@ MAIN_VIEWS = (("Red", "Axial", "#F34A33"), ("Yellow", "Sagittal", "#EDD54C"), ("
 #: Compare views (axial, side by side); at most this many results are compared at once.
 COMPARE_TAGS = ("Compare1", "Compare2", "Compare3", "Compare4")
 POLL_INTERVAL_S = 0.2
+#: Seconds after a layout change at which the new views are fitted again (once the browser sized them).
+REFIT_DELAYS_S = (0.3, 0.7, 1.0, 2.0)
 
 
 class SodiumDIPApp:
@@ -54,6 +56,7 @@ class SodiumDIPApp:
         self._build_ui()
         self.layout_manager.set_layout("main")
         self._poller = None
+        self._pending_fit, self._resize_observed = set(), set()
         self.timings = {"build_s": time.perf_counter() - t0}
         self.ctrl.on_server_exited.add(lambda **_: self.session.shutdown())
 
@@ -92,6 +95,40 @@ class SodiumDIPApp:
         comp.SetHotLinkedControl(True)
 
     def _reset_views(self, tags) -> None:
+        """Fit the views to their volumes now and again once the browser has sized them (a view shown for
+        the first time has no size until its image element reports one)."""
+        from trame_server.utils.asynchronous import create_task
+
+        tags = list(tags)
+        self._pending_fit.update(tags)
+        for tag in tags:
+            self._observe_resize(tag)
+        self._fit(tags)
+
+        async def refit():
+            for delay in REFIT_DELAYS_S:
+                await asyncio.sleep(delay)
+                self._fit(tags)
+            self._pending_fit.difference_update(tags)  # from now on a resize keeps the user's zoom
+
+        create_task(refit())
+
+    def _observe_resize(self, tag: str) -> None:
+        """Fit a view again when the browser reports its size, until the user interacts with a new layout."""
+        from vtkmodules.vtkCommonCore import vtkCommand
+
+        view = self._view(tag)
+        if view is None or tag in self._resize_observed:
+            return
+        self._resize_observed.add(tag)
+
+        def on_resize(*_):
+            if tag in self._pending_fit:
+                self._fit([tag])
+
+        view.interactor().AddObserver(vtkCommand.WindowResizeEvent, on_resize)
+
+    def _fit(self, tags) -> None:
         for tag in tags:
             view = self._view(tag)
             if view is not None:
@@ -141,8 +178,14 @@ class SodiumDIPApp:
         tags = COMPARE_TAGS[: len(nodes)]
         for tag, node in zip(tags, nodes):
             self._show(tag, node, None)
-        for node in nodes:
-            self._auto_window_level(node)
+        # one window/level for the sodium panels (input and results) so that they compare fairly
+        window, level = self._auto_window_level(nodes[0])
+        for node in nodes[1:]:
+            if node is s.inputs.get("proton"):
+                self._auto_window_level(node)
+            else:
+                node.GetDisplayNode().SetAutoWindowLevel(False)
+                node.GetDisplayNode().SetWindowLevel(window, level)
         self.state.layout = "compare"
         self.state.compare_titles = titles
         self._reset_views(tags)
@@ -151,14 +194,14 @@ class SodiumDIPApp:
 
     @staticmethod
     def _auto_window_level(node) -> tuple:
-        """Window/level from the 1st-99.5th percentiles of the voxels (set on the node's display node)."""
+        """Window/level from the 1st-99.9th percentiles of the voxels (set on the node's display node)."""
         import slicer
 
         display = node.GetDisplayNode()
         if display is None:
             node.CreateDefaultDisplayNodes()
             display = node.GetDisplayNode()
-        lo, hi = np.percentile(slicer.util.arrayFromVolume(node), [1.0, 99.5])
+        lo, hi = np.percentile(slicer.util.arrayFromVolume(node), [1.0, 99.9])
         window = max(float(hi - lo), 1e-6)
         level = float(lo + hi) / 2.0
         display.SetAutoWindowLevel(False)
@@ -307,13 +350,14 @@ class SodiumDIPApp:
                 with v.VExpansionPanelText():
                     with html.Div(v_for="f in fields", key="f.name"):
                         v.VCheckbox(v_if="f.type === 'bool'", v_model="form[f.name]", label=("f.label",),
-                                    density="compact", hide_details=True, title=("f.hint",),
+                                    density="compact", hide_details=True, title=("f.hint",), id=("`param-${f.name}`",),
                                     update_modelValue="flushState('form')")
                         v.VSelect(v_else_if="f.type === 'choice'", v_model="form[f.name]", label=("f.label",),
-                                  items=("f.choices",), density="compact", hint=("f.hint",),
+                                  items=("f.choices",), density="compact", hint=("f.hint",), persistent_hint=True,
+                                  id=("`param-${f.name}`",),
                                   update_modelValue="flushState('form')")
                         v.VTextField(v_else=True, v_model="form[f.name]", label=("f.label",), density="compact",
-                                     hint=("f.hint",), id=("`param-${f.name}`",),
+                                     hint=("f.hint",), persistent_hint=True, id=("`param-${f.name}`",),
                                      update_modelValue="flushState('form')")
         with html.Div(style="display: flex; gap: 8px"):
             v.VBtn("Apply", id="apply", color="primary", disabled=("running",), style="flex: 1",
@@ -377,7 +421,7 @@ class SodiumDIPApp:
             self.state.form = form
         entry = self.session.start(self.state.method, self.state.preset, dict(self.state.form or {}))
         self.state.running, self.state.progress, self.state.info = True, 0, ""
-        self.state.max_iterations, self.state.iteration = 0, 0
+        self.state.max_iterations, self.state.iteration, self.state.preview_updates = 0, 0, 0
         self.state.progress_text = f"run #{entry.number}: starting the worker"
         self._update_history()
         from trame_server.utils.asynchronous import create_task

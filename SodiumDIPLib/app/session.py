@@ -101,6 +101,10 @@ class Session:
         volume = read_volume(path, role, allow_2d=False)
         node = self._set_input(role, volume, f"{role}: {path.name}")
         self.input_paths.add(path)
+        if role == "sodium":  # the phantom's truth and masks do not describe a user's file
+            for extra in ("reference", "mask", "lesion"):
+                if extra in self.inputs:
+                    sc.remove_node(self.scene, self.inputs.pop(extra))
         return node
 
     def load_phantom(self, shape: int = 24, seed: int = 0):
@@ -121,10 +125,6 @@ class Session:
         node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(name))
         sc.update_volume_node(node, volume)
         self.inputs[role] = node
-        if role in ("sodium", "proton"):  # a file load replaces the phantom's evaluation volumes
-            for extra in ("reference", "mask", "lesion"):
-                if role == "sodium" and not name.startswith("phantom") and extra in self.inputs:
-                    sc.remove_node(self.scene, self.inputs.pop(extra))
         return node
 
     # --- runs ------------------------------------------------------------------------------------------
@@ -200,8 +200,8 @@ class Session:
     def save(self, number: int, stem: str = "") -> list:
         """Write run ``number``'s output (and bias field, metrics JSON) into the data folder; returns the paths.
 
-        Names are ``<stem>.nii.gz`` etc., made unique so that no input file and no existing file is ever
-        overwritten; each file is written atomically."""
+        Names are ``<stem>.nii.gz`` etc., made unique (``<stem>_1`` ...) so that no input and no existing file
+        is ever overwritten, nor a second file given a volume's name in another format; written atomically."""
         from ..io import json_default, write_text_atomic, write_volume
 
         entry = self.entry(number)
@@ -223,11 +223,13 @@ class Session:
         return paths
 
     def _free_stem(self, stem: str, suffixes: list) -> str:
-        taken = {p.resolve() for p in self.input_paths}
+        # never a name an input or any volume of the folder already has, whatever its format
+        input_stems = {_strip_suffix(p.name) for p in self.input_paths}
+        input_stems |= {_strip_suffix(p.name) for p in self.data_folder.iterdir() if _is_volume(p.name)}
         for n in range(0, 10000):
             candidate = stem if n == 0 else f"{stem}_{n}"
-            targets = [(self.data_folder / f"{candidate}{s}").resolve() for s in suffixes]
-            if not any(t.exists() or t in taken for t in targets):
+            targets = [(self.data_folder / f"{candidate}{s}") for s in suffixes]
+            if candidate not in input_stems and not any(t.exists() for t in targets):
                 return candidate
         raise InputError(f"no free file name for {stem!r} in {self.data_folder}")
 
@@ -240,11 +242,16 @@ def _is_volume(name: str) -> bool:
     return name.lower().endswith(VOLUME_SUFFIXES)
 
 
+def _strip_suffix(name: str) -> str:
+    for ext in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
 def _safe_stem(stem: str) -> str:
     """A file stem without folders or odd characters (the name stays inside the data folder)."""
-    for ext in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
-        if stem.lower().endswith(ext):
-            stem = stem[: -len(ext)]
+    stem = _strip_suffix(stem)
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(stem).name).strip("._")
     if not cleaned:
         raise InputError(f"file name {stem!r} has no usable characters; expected letters, digits, _ or -")
