@@ -30,6 +30,12 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--port {args.port}: expected 0..65535")
     if not 8 <= args.phantom_shape <= 128:
         raise InputError(f"--phantom-shape {args.phantom_shape}: expected 8..128")
+    import os
+
+    if not os.environ.get("DISPLAY") and not os.environ.get("VTK_DEFAULT_OPENGL_WINDOW"):
+        # no X server: render offscreen with Mesa's EGL (set VTK_DEFAULT_OPENGL_WINDOW=vtkOSOpenGLRenderWindow
+        # for OSMesa, e.g. where EGL is missing)
+        os.environ["VTK_DEFAULT_OPENGL_WINDOW"] = "vtkEGLRenderWindow"
     try:
         from .server import serve
     except ModuleNotFoundError as exc:

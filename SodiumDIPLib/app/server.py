@@ -34,7 +34,7 @@ REFIT_DELAYS_S = (0.3, 0.7, 1.0, 2.0)
 
 
 class SodiumDIPApp:
-    """Server state, UI and callbacks. ``timings`` holds start-up measurements (seconds) for the benchmark."""
+    """Server state, UI and callbacks around one ``Session`` (call from the server's event loop only)."""
 
     def __init__(self, data_folder, methods: dict, server=None, python_executable: Optional[str] = None,
                  phantom_shape: int = 24):
@@ -42,7 +42,6 @@ class SodiumDIPApp:
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
 
-        t0 = time.perf_counter()
         self.server = get_server(server, client_type="vue3")
         self.state, self.ctrl = self.server.state, self.server.controller
         self.slicer_app = SlicerApp()
@@ -57,7 +56,6 @@ class SodiumDIPApp:
         self.layout_manager.set_layout("main")
         self._poller = None
         self._pending_fit, self._resize_observed = set(), set()
-        self.timings = {"build_s": time.perf_counter() - t0}
         self.ctrl.on_server_exited.add(lambda **_: self.session.shutdown())
 
     # --- layouts and views -----------------------------------------------------------------------------
