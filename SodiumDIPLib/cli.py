@@ -18,7 +18,8 @@ from .errors import InputError
 from .preflight import bounded_int, finite_number
 
 #: Modules that add subcommands (each defines register_commands(subparsers)).
-COMMAND_MODULES = ("SodiumDIPLib.benchmark", "SodiumDIPLib.cli_kspace", "SodiumDIPLib.report.cli")
+COMMAND_MODULES = ("SodiumDIPLib.benchmark", "SodiumDIPLib.cli_kspace", "SodiumDIPLib.report.cli",
+                   "SodiumDIPLib.app")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
