@@ -134,3 +134,13 @@ def test_start_names_missing_inputs(session):
         session.start("dipfusion", "fast")
     with pytest.raises(InputError, match="unknown method"):
         session.start("nope", "fast")
+
+
+def test_command_line_errors_exit_2(tmp_path, capsys):
+    from SodiumDIPLib.cli import main
+
+    assert main(["app", "--data", str(tmp_path / "missing")]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main(["app", "--data", str(tmp_path), "--port", "70000"]) == 2
+    assert "--port 70000" in capsys.readouterr().err
+    assert main(["app", "--data", str(tmp_path), "--phantom-shape", "4"]) == 2

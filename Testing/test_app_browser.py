@@ -30,6 +30,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not instal
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 ROOT = Path(__file__).resolve().parent.parent
+from SodiumDIPLib.app.server import REFIT_DELAYS_S  # noqa: E402  (after the skip: needs trame)
 START_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 240
 
@@ -141,6 +142,16 @@ def view_pixels(pg, index=0) -> np.ndarray:
     return rgb.mean(axis=2)[12:-30, 12:-12]  # without the border, the icons and the slider
 
 
+def pixels_when(pg, index, predicate, timeout_s=30.0) -> np.ndarray:
+    """The index-th view's grey levels once ``predicate(grey)`` holds (frames stream in asynchronously);
+    the last screenshot if it never does, so the caller's assertion shows what was on screen."""
+    deadline = time.monotonic() + timeout_s
+    grey = view_pixels(pg, index)
+    while not predicate(grey) and time.monotonic() < deadline:
+        grey = view_pixels(pg, index)
+    return grey
+
+
 def roughness(grey: np.ndarray) -> float:
     """Mean absolute Laplacian, sampled about once per voxel, in the central half of the head (inside the
     bright rim): voxel-to-voxel noise makes it large, a denoised result small."""
@@ -182,7 +193,7 @@ def test_load_phantom_shows_it_in_three_linked_views(page):
     wait_state(page, "s('loaded').startsWith('phantom')", 60)
     assert state(page, "error") == ""
     for i in range(3):
-        grey = view_pixels(page, i)
+        grey = pixels_when(page, i, lambda g: g.std() > 15)
         assert grey.std() > 15, f"view {i} looks blank"
         assert (grey > 40).mean() > 0.05
 
@@ -213,7 +224,7 @@ def test_tv_run_shows_progress_and_changes_the_result_view(page, data_folder):
     history = state(page, "history")
     assert history[0]["state"] == "finished" and history[0]["has_output"]
     assert history[0]["label"].startswith("#1 tv (fast; lambda_select=fixed, lambda_sigma=1.5)")
-    after = view_pixels(page, 0)
+    after = pixels_when(page, 0, lambda g: np.abs(g - before).mean() > 1.0)
     assert np.abs(after - before).mean() > 1.0, "the view did not change to the result"
     # results in the scene: a metrics row (with the phantom's truth as reference) and a convergence plot
     header = state(page, "metrics_header")
@@ -234,7 +245,7 @@ def test_cancel_keeps_the_best_dipfusion_result(page):
     assert state(page, "max_iterations") == 5000
     text = page.inner_text("#progress-text")
     assert re.search(r"iteration \d+/5000", text) and "ETA" in text, text
-    live = view_pixels(page, 0)
+    live = pixels_when(page, 0, lambda g: np.abs(g - before).mean() > 1.0)
     assert np.abs(live - before).mean() > 1.0, "the live result did not show in the view"
     page.click("#cancel")
     wait_state(page, "s('running') === false", 60)
@@ -252,12 +263,25 @@ def test_compare_layout_input_result_proton(page):
     wait_state(page, "s('layout') === 'compare'", 30)
     assert state(page, "compare_titles") == ["input", "result", "proton"]
     assert page.locator(".layout-grid-item").count() == 3
-    sodium, result, proton = (view_pixels(page, i) for i in range(3))
+    time.sleep(sum(REFIT_DELAYS_S) + 0.5)  # the new views are fitted once the browser has sized them
+    sodium, result, proton = (pixels_when(page, i, lambda g: g.std() > 15) for i in range(3))
     for grey in (sodium, result, proton):
         assert grey.std() > 15
     # same window/level in both panels: the denoised result is smoother voxel to voxel than its input
     assert roughness(result) < 0.85 * roughness(sodium), (roughness(result), roughness(sodium))
     assert np.abs(proton - sodium).mean() > 2.0
+    # linked views: scrolling the input panel moves the result panel to the same slice
+    page.locator(".layout-grid-item").nth(0).hover()
+    for _ in range(4):
+        page.mouse.wheel(0, 120)
+        time.sleep(0.2)
+    moved_sodium = pixels_when(page, 0, lambda g: np.abs(g - sodium).mean() > 1.0)
+    moved_result = pixels_when(page, 1, lambda g: np.abs(g - result).mean() > 1.0)
+    assert np.abs(moved_sodium - sodium).mean() > 1.0, "the wheel did not move the input panel"
+    assert np.abs(moved_result - result).mean() > 1.0, "the result panel is not linked to the input panel"
+    for _ in range(4):
+        page.mouse.wheel(0, -120)
+        time.sleep(0.2)
     target = os.environ.get("SODIUMDIP_APP_SCREENSHOT")  # the README's picture, from this very session
     if target:
         Path(target).write_bytes(page.screenshot())
@@ -271,7 +295,8 @@ def test_compare_runs_side_by_side(page):
     page.click("#layout-compare")
     wait_state(page, "s('compare_titles').join() === 'run #1,run #2'", 30)
     assert page.locator(".layout-grid-item").count() == 2
-    first, second = view_pixels(page, 0), view_pixels(page, 1)
+    first = pixels_when(page, 0, lambda g: g.std() > 15)
+    second = pixels_when(page, 1, lambda g: g.std() > 15 and np.abs(g - first).mean() > 0.5)
     assert first.std() > 15 and second.std() > 15 and np.abs(first - second).mean() > 0.5
     page.click("#layout-main")
     wait_state(page, "s('layout') === 'main'", 30)

@@ -30,17 +30,23 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--port {args.port}: expected 0..65535")
     if not 8 <= args.phantom_shape <= 128:
         raise InputError(f"--phantom-shape {args.phantom_shape}: expected 8..128")
+    from pathlib import Path
+
+    if not Path(args.data).is_dir():
+        raise InputError(f"--data {args.data}: not a folder; expected a folder of volume files")
     import os
 
     if not os.environ.get("DISPLAY") and not os.environ.get("VTK_DEFAULT_OPENGL_WINDOW"):
         # no X server: render offscreen with Mesa's EGL (set VTK_DEFAULT_OPENGL_WINDOW=vtkOSOpenGLRenderWindow
         # for OSMesa, e.g. where EGL is missing)
         os.environ["VTK_DEFAULT_OPENGL_WINDOW"] = "vtkEGLRenderWindow"
-    try:
-        from .server import serve
-    except ModuleNotFoundError as exc:
-        raise InputError(f"the app needs the [app] extra ({exc.name} is missing): "
-                         "pip install -e \".[app]\"") from None
+    import importlib.util
+
+    for module in ("trame", "trame_slicer"):
+        if importlib.util.find_spec(module) is None:
+            raise InputError(f"the app needs the [app] extra ({module} is missing): pip install -e \".[app]\"")
+    from .server import serve
+
     return serve(args.data, host=args.host, port=args.port, phantom_shape=args.phantom_shape)
 
 

@@ -486,8 +486,6 @@ class SodiumDIPApp:
         self.state.history = [e.summary() for e in self.session.history]
 
     def _update_results(self, entry) -> None:
-        import slicer  # noqa: F401  (the scene's table and plot nodes are read through VTK)
-
         from .. import scene as sc
 
         rows = sc.table_rows(self.session.table_node)
