@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .physics.differences import check_spacing as _check_spacing, divergence, gradient  # the grid's D and D^H = -div live with the operators
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -33,72 +34,6 @@ def _as_tensor(x: ArrayLike, device=None, dtype=torch.float32) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.to(device=device or x.device, dtype=dtype if not x.is_floating_point() else x.dtype)
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
-
-
-def _check_spacing(spacing: Optional[Sequence[float]], d: int) -> Optional[tuple]:
-    if spacing is None:
-        return None
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != d or any(not (s > 0) for s in spacing):
-        raise InputError(f"spacing must be {d} positive voxel sizes in mm (array axis order), got {spacing}")
-    return spacing
-
-
-def gradient(x: torch.Tensor, spacing: Optional[Sequence[float]] = None, ndim: Optional[int] = None) -> torch.Tensor:
-    """Forward-difference gradient with Neumann boundary.
-
-    x: tensor (*batch, *shape) with ``ndim`` spatial axes last (default: all axes of x, which must be 2 or 3).
-    Returns (*batch, d, *shape); component k is the difference along spatial axis k divided by spacing[k].
-    Differentiable.
-    """
-    d = x.ndim if ndim is None else int(ndim)
-    if d not in (1, 2, 3) or d > x.ndim:
-        raise InputError(f"gradient expects 2D or 3D spatial data, got shape {tuple(x.shape)} with ndim={ndim}")
-    spacing = _check_spacing(spacing, d)
-    nb = x.ndim - d
-    parts = []
-    for k in range(d):
-        ax = nb + k
-        diff = torch.diff(x, dim=ax)
-        pad_shape = list(x.shape)
-        pad_shape[ax] = 1
-        g = torch.cat([diff, diff.new_zeros(pad_shape)], dim=ax)
-        if spacing is not None:
-            g = g / spacing[k]
-        parts.append(g)
-    return torch.stack(parts, dim=nb)
-
-
-def divergence(g: torch.Tensor, spacing: Optional[Sequence[float]] = None, ndim: Optional[int] = None) -> torch.Tensor:
-    """Divergence = minus the adjoint of :func:`gradient`: <gradient(x), g> = -<x, divergence(g)>.
-
-    g: (*batch, d, *shape) with d = 2 or 3 (the component axis is the one before the d spatial axes);
-    ``ndim`` = d when batch axes make that ambiguous. Returns (*batch, *shape). Differentiable.
-    """
-    # the component axis sits at position g.ndim - d - 1 and has length d
-    d = int(ndim) if ndim is not None else None
-    for cand in (() if d is not None else (3, 2, 1)):
-        if g.ndim >= cand + 1 and g.shape[g.ndim - cand - 1] == cand:
-            d = cand
-            break
-    if d is None:
-        raise InputError(f"divergence expects (*batch, d, *shape) with d = 2 or 3, got {tuple(g.shape)}")
-    spacing = _check_spacing(spacing, d)
-    nb = g.ndim - d - 1
-    out = None
-    for k in range(d):
-        gk = g.select(nb, k)
-        ax = nb + k
-        n = gk.shape[ax]
-        head = gk.narrow(ax, 0, n - 1)  # the last entry of a forward difference is 0 by construction
-        pad_shape = list(gk.shape)
-        pad_shape[ax] = 1
-        z = gk.new_zeros(pad_shape)
-        dk = torch.cat([head, z], dim=ax) - torch.cat([z, head], dim=ax)
-        if spacing is not None:
-            dk = dk / spacing[k]
-        out = dk if out is None else out + dk
-    return out
 
 
 def normalise_guide(img: ArrayLike, percentile: float = 99.9, mask: Optional[ArrayLike] = None,

@@ -1,6 +1,14 @@
-"""The operator interface every method uses: A (forward) and A^H (adjoint), both torch functions."""
+"""The operator interface every method uses: A (forward) and A^H (adjoint), both torch functions, with the
+algebra that lets a forward model read as its equation: ``A.H`` (adjoint), ``A @ B`` (composition),
+``A @ x`` (application), ``Diag(w)`` (pointwise weights) and ``A.norm()`` (largest singular value).
+
+Convention: images are real or complex tensors of shape ``ishape``; adjointness holds for the real inner
+product Re<A x, y> = Re<x, A^H y>, the one gradient methods use.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -34,6 +42,122 @@ class LinearOperator:
 
     def to(self, device) -> "LinearOperator":
         """Move any tensors the operator holds to ``device`` (default: nothing to move)."""
+        return self
+
+    @property
+    def H(self) -> "LinearOperator":
+        """The adjoint operator A^H (``A.H.H`` is ``A``)."""
+        return Adjoint(self)
+
+    def __matmul__(self, other):
+        """``A @ B``: the composition (B first); ``A @ x``: A applied to the tensor x."""
+        if isinstance(other, LinearOperator):
+            return Compose(self, other)
+        return self.forward(other)
+
+    def norm(self, n_iter: int = 30, seed: int = 0, device=None, dtype=torch.float32) -> float:
+        """Largest singular value |A| on real images, by power iteration on Re(A^H A), times 1.01 (power
+        iteration approaches from below; step sizes need an upper bound). Raises ValueError for A = 0."""
+        if self.is_identity:
+            return 1.0
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(tuple(self.ishape), generator=g, dtype=dtype).to(device)
+        x = x / torch.linalg.vector_norm(x)
+        s = 0.0
+        with torch.no_grad():
+            for _ in range(n_iter):
+                z = self.normal(x)
+                z = (z.real if z.is_complex() else z).to(dtype)
+                s = float(torch.linalg.vector_norm(z))
+                if s == 0:
+                    raise ValueError("the operator maps every image to zero")
+                x = z / s
+        return 1.01 * math.sqrt(s)
+
+
+class Adjoint(LinearOperator):
+    """A^H as an operator of its own (forward = A's adjoint)."""
+
+    def __init__(self, op: LinearOperator):
+        self.op = op
+        self.ishape, self.oshape = op.oshape, op.ishape
+
+    def forward(self, y):
+        return self.op.adjoint(y)
+
+    def adjoint(self, x):
+        return self.op.forward(x)
+
+    @property
+    def H(self) -> LinearOperator:
+        return self.op
+
+    @property
+    def is_identity(self) -> bool:
+        return self.op.is_identity
+
+    def to(self, device):
+        self.op = self.op.to(device)
+        return self
+
+
+class Compose(LinearOperator):
+    """A_1 A_2 ... A_n: applies A_n first. ``Compose(P, F, S)`` is the model y = P F S x."""
+
+    def __init__(self, *ops: LinearOperator):
+        flat = []
+        for op in ops:
+            flat.extend(op.ops if isinstance(op, Compose) else [op])
+        self.ops = tuple(flat)
+        self.ishape, self.oshape = self.ops[-1].ishape, self.ops[0].oshape
+
+    def forward(self, x):
+        for op in reversed(self.ops):
+            x = op.forward(x)
+        return x
+
+    def adjoint(self, y):
+        for op in self.ops:
+            y = op.adjoint(y)
+        return y
+
+    @property
+    def is_identity(self) -> bool:
+        return all(op.is_identity for op in self.ops)
+
+    def to(self, device):
+        self.ops = tuple(op.to(device) for op in self.ops)
+        return self
+
+
+class Diag(LinearOperator):
+    """Pointwise multiplication by ``weights`` (broadcast against the input; adjoint: by conj(weights)).
+
+    Receive bias (b x), sampling masks (P) and density weighting (W^1/2) are Diag operators. ``shape``: the
+    input shape (default: the weights' shape). The weights are cast to the input's precision on use."""
+
+    def __init__(self, weights: torch.Tensor, shape=None):
+        self.weights = weights if isinstance(weights, torch.Tensor) else torch.as_tensor(weights)
+        self.ishape = self.oshape = tuple(self.weights.shape if shape is None else shape)
+
+    def _weights_for(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weights
+        if w.device != x.device:
+            w = w.to(x.device)
+        if w.is_complex():
+            return w.to(x.dtype if x.is_complex() else torch.complex128 if x.dtype == torch.float64 else torch.complex64)
+        real_dtype = x.real.dtype if x.is_complex() else x.dtype
+        return w.to(real_dtype) if w.dtype != real_dtype else w
+
+    def forward(self, x):
+        return self._weights_for(x) * x
+
+    def adjoint(self, y):
+        w = self._weights_for(y)
+        return (w.conj() if w.is_complex() else w) * y
+
+    def to(self, device):
+        self.weights = self.weights.to(device)
         return self
 
 

@@ -1,4 +1,5 @@
-"""Multi-coil Cartesian MRI: y = mask * FFT(S * x), with its adjoint, in torch.
+"""Multi-coil Cartesian MRI, y = P F S x, with its adjoint, in torch: S the coil sensitivities (image ->
+coil images), F the centred orthonormal FFT per coil, P the sampling mask (a Diag).
 
 FFT convention (the one of ../shared/data/README.md and of every k-space array in the engine): k-space
 centre at array index N//2 along every axis, orthonormal scaling, i.e.
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .base import LinearOperator
+from .base import Diag, LinearOperator
 
 
 def _axes(ndim: int) -> tuple:
@@ -76,8 +77,51 @@ def as_sensitivities(sensitivities, image_shape: Optional[tuple] = None) -> torc
     return s.to(torch.complex64)
 
 
+class CoilSensitivities(LinearOperator):
+    """S: image (*shape) -> coil images (coils, *shape), S x = sens * x; S^H c = sum_c conj(sens_c) c_c.
+    A real image is cast to complex (complex128 for double input, complex64 otherwise)."""
+
+    def __init__(self, sens: torch.Tensor):
+        self.sens = sens
+        self.ishape, self.oshape = tuple(sens.shape[1:]), tuple(sens.shape)
+        self._cache = {}
+
+    def _sens_for(self, device, cdtype) -> torch.Tensor:
+        key = (str(device), cdtype)
+        if key not in self._cache:
+            self._cache = {key: self.sens.to(device=device, dtype=cdtype)}
+        return self._cache[key]
+
+    def forward(self, x):
+        cdt = complex_dtype_for(x)
+        return self._sens_for(x.device, cdt) * x.to(cdt)
+
+    def adjoint(self, c):
+        cdt = complex_dtype_for(c)
+        return (self._sens_for(c.device, cdt).conj() * c.to(cdt)).sum(0)
+
+    def to(self, device):
+        self.sens, self._cache = self.sens.to(device), {}
+        return self
+
+
+class CentredFFT(LinearOperator):
+    """F: the centred orthonormal FFT over the last ``ndim`` axes of (*batch, *shape); F^H = F^-1."""
+
+    def __init__(self, shape: tuple, ndim: int):
+        self.ishape = self.oshape = tuple(shape)
+        self.ndim = int(ndim)
+
+    def forward(self, x):
+        return fftc(x, self.ndim)
+
+    def adjoint(self, k):
+        return ifftc(k, self.ndim)
+
+
 class MultiCoilCartesian(LinearOperator):
-    """y[c] = mask * FFT(S[c] * x): image (``image_shape``) -> k-space (coils, *image_shape), zero off the mask.
+    """y[c] = mask * FFT(S[c] * x), i.e. y = P F S x: image (``image_shape``) -> k-space (coils, *image_shape),
+    zero off the mask.
 
     sensitivities: (coils, [z,] y, x) complex coil maps, or None for one uniform coil (then ``image_shape`` is
                    taken from ``mask``).
@@ -93,62 +137,60 @@ class MultiCoilCartesian(LinearOperator):
             image_shape = tuple(np.shape(mask))
         sens = as_sensitivities(sensitivities, image_shape)
         image_shape = tuple(sens.shape[1:])
-        if mask is None:
-            mask_t = torch.ones(image_shape, dtype=torch.float32)
-        else:
-            m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
-            if tuple(m.shape) != image_shape:
-                raise InputError(f"sampling mask of shape {tuple(m.shape)} does not match the image shape {image_shape}")
-            if m.is_complex():
-                raise InputError("the sampling mask must be real (0/1 or boolean)")
-            mask_t = m.to(torch.float32)
-            if not torch.isfinite(mask_t).all() or (mask_t < 0).any():
-                raise InputError("the sampling mask must hold finite non-negative values (0/1)")
-            if not (mask_t > 0).any():
-                raise InputError("the sampling mask selects no k-space sample")
-        self.sens = sens
-        self.mask = mask_t
         self.ndim = len(image_shape)
         self.ishape = image_shape
         self.oshape = (sens.shape[0],) + image_shape
-        self._cache = {}
+        self.S = CoilSensitivities(sens)
+        self.F = CentredFFT(self.oshape, self.ndim)
+        self.P = Diag(_checked_mask(mask, image_shape), self.oshape)
+        self.model = self.P @ self.F @ self.S
+
+    @property
+    def sens(self) -> torch.Tensor:
+        return self.S.sens
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.P.weights
 
     @property
     def n_coils(self) -> int:
         return int(self.sens.shape[0])
 
     def to(self, device) -> "MultiCoilCartesian":
-        self.sens = self.sens.to(device)
-        self.mask = self.mask.to(device)
-        self._cache = {}
+        self.model = self.model.to(device)
         return self
 
-    def _tensors(self, device, cdtype):
-        key = (str(device), cdtype)
-        if key not in self._cache:
-            self._cache = {key: (self.sens.to(device=device, dtype=cdtype),
-                                 self.mask.to(device=device, dtype=torch.float64 if cdtype == torch.complex128 else torch.float32))}
-        return self._cache[key]
-
-    def _check_image(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape) != self.ishape:
             raise InputError(f"image of shape {tuple(x.shape)} does not match the operator's image shape {self.ishape}")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_image(x)
-        cdt = complex_dtype_for(x)
-        sens, mask = self._tensors(x.device, cdt)
-        return mask * fftc(sens * x.to(cdt), self.ndim)
+        return self.model.forward(x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         if tuple(y.shape) != self.oshape:
             raise InputError(f"k-space of shape {tuple(y.shape)} does not match the operator's output shape {self.oshape}")
-        cdt = complex_dtype_for(y)
-        sens, mask = self._tensors(y.device, cdt)
-        return (sens.conj() * ifftc(mask * y.to(cdt), self.ndim)).sum(0)
+        return self.model.adjoint(y)
 
     def zero_filled(self, y: torch.Tensor) -> torch.Tensor:
         """Zero-filled, sensitivity-weighted coil combination: sum_c conj(S_c) F^H y_c / sum_c |S_c|^2."""
         x = self.adjoint(y)
         norm = (self.sens.abs() ** 2).sum(0).to(x.device)
         return x / norm.clamp_min(1e-6 * float(norm.max()))
+
+
+def _checked_mask(mask, image_shape: tuple) -> torch.Tensor:
+    """The sampling pattern as float32 (ones when None); InputError for a wrong shape, complex, negative,
+    non-finite or empty mask."""
+    if mask is None:
+        return torch.ones(image_shape, dtype=torch.float32)
+    m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
+    if tuple(m.shape) != image_shape:
+        raise InputError(f"sampling mask of shape {tuple(m.shape)} does not match the image shape {image_shape}")
+    if m.is_complex():
+        raise InputError("the sampling mask must be real (0/1 or boolean)")
+    mask_t = m.to(torch.float32)
+    if not torch.isfinite(mask_t).all() or (mask_t < 0).any():
+        raise InputError("the sampling mask must hold finite non-negative values (0/1)")
+    if not (mask_t > 0).any():
+        raise InputError("the sampling mask selects no k-space sample")
+    return mask_t

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import InputError
 from .base import LinearOperator
-from .cartesian import as_sensitivities, complex_dtype_for
+from .cartesian import CoilSensitivities, as_sensitivities, complex_dtype_for
 
 GOLDEN_MEANS_3D = (0.4656, 0.6823)  # Chan et al. 2009, MRM 61:354 (3D golden-means ordering)
 GOLDEN_ANGLE_2D = math.pi * (math.sqrt(5) - 1) / 2  # 111.25 deg, Winkelmann et al. 2007
@@ -244,8 +244,32 @@ class _TorchKbNufft:
 
 
 # --------------------------------------------------------------------------------------------- operator
+class NonUniformFFT(LinearOperator):
+    """N: coil images (coils, *image_shape) -> samples (coils, *sample_shape) on a non-Cartesian trajectory,
+    through a finufft (type 2 forward, type 1 adjoint) or torchkbnufft backend."""
+
+    def __init__(self, backend, backend_name: str, n_coils: int, image_shape: tuple, sample_shape: tuple):
+        self.backend, self.backend_name = backend, backend_name
+        self.ishape = (n_coils,) + tuple(image_shape)
+        self.oshape = (n_coils,) + tuple(sample_shape)
+
+    def forward(self, x):
+        flat = _FinufftApply.apply(x, self.backend, False) if self.backend_name == "finufft" else self.backend.forward(x)
+        return flat.reshape(self.oshape)
+
+    def adjoint(self, y):
+        cdt = complex_dtype_for(y)
+        y = y.to(cdt).reshape(self.oshape[0], -1)
+        return _FinufftApply.apply(y, self.backend, True) if self.backend_name == "finufft" else self.backend.adjoint(y)
+
+    def to(self, device):
+        if self.backend_name == "torchkbnufft":
+            self.backend.to(device)
+        return self
+
+
 class RadialNUFFT(LinearOperator):
-    """y[c] = NUFFT_traj(S[c] * x): image (image_shape) -> samples (coils, *traj.shape[:-1]).
+    """y[c] = NUFFT_traj(S[c] * x), i.e. y = N S x: image (image_shape) -> samples (coils, *traj.shape[:-1]).
 
     traj:          (..., d) trajectory in cycles/pixel in [-0.5, 0.5) (see radial_trajectory).
     image_shape:   (z, y, x) or (y, x); d must equal its length.
@@ -262,17 +286,18 @@ class RadialNUFFT(LinearOperator):
         image_shape = tuple(int(s) for s in image_shape)
         t = validate_trajectory(traj, image_shape)
         self.traj = t.astype(np.float32)
-        self.sens = as_sensitivities(sensitivities, image_shape)
         if backend not in BACKENDS:
             raise InputError(f"unknown NUFFT backend {backend!r}; expected one of {BACKENDS}")
         self.backend_name = backend
         self.sample_shape = t.shape[:-1]
+        self.S = CoilSensitivities(as_sensitivities(sensitivities, image_shape))
         self.ishape = image_shape
-        self.oshape = (int(self.sens.shape[0]),) + tuple(self.sample_shape)
+        self.oshape = (int(self.S.sens.shape[0]),) + tuple(self.sample_shape)
         flat = t.reshape(-1, t.shape[-1])
-        self._backend = _Finufft(flat, image_shape, eps) if backend == "finufft" else _TorchKbNufft(flat, image_shape)
+        backend_impl = _Finufft(flat, image_shape, eps) if backend == "finufft" else _TorchKbNufft(flat, image_shape)
+        self.N = NonUniformFFT(backend_impl, backend, self.oshape[0], image_shape, self.sample_shape)
+        self.model = self.N @ self.S
         self._dcf = None if dcf is None else self._check_dcf(dcf)
-        self._cache = {}
 
     def _check_dcf(self, dcf) -> torch.Tensor:
         w = torch.as_tensor(np.asarray(dcf), dtype=torch.float32)
@@ -280,6 +305,10 @@ class RadialNUFFT(LinearOperator):
             raise InputError(f"density compensation of shape {tuple(w.shape)} does not match the trajectory's "
                              f"sample shape {tuple(self.sample_shape)}")
         return w
+
+    @property
+    def sens(self) -> torch.Tensor:
+        return self.S.sens
 
     @property
     def n_coils(self) -> int:
@@ -294,49 +323,25 @@ class RadialNUFFT(LinearOperator):
         return self._dcf
 
     def to(self, device) -> "RadialNUFFT":
-        self.sens = self.sens.to(device)
-        if self.backend_name == "torchkbnufft":
-            self._backend.to(device)
-        self._cache = {}
+        self.model = self.model.to(device)
         return self
-
-    def _sens(self, device, cdtype):
-        key = (str(device), cdtype)
-        if key not in self._cache:
-            self._cache = {key: self.sens.to(device=device, dtype=cdtype)}
-        return self._cache[key]
-
-    def _nufft(self, x: torch.Tensor) -> torch.Tensor:  # (C, *ishape) -> (C, M)
-        if self.backend_name == "finufft":
-            return _FinufftApply.apply(x, self._backend, False)
-        return self._backend.forward(x)
-
-    def _nufft_adj(self, y: torch.Tensor) -> torch.Tensor:  # (C, M) -> (C, *ishape)
-        if self.backend_name == "finufft":
-            return _FinufftApply.apply(y, self._backend, True)
-        return self._backend.adjoint(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape) != self.ishape:
             raise InputError(f"image of shape {tuple(x.shape)} does not match the operator's image shape {self.ishape}")
-        cdt = complex_dtype_for(x)
-        coil_images = self._sens(x.device, cdt) * x.to(cdt)
-        return self._nufft(coil_images).reshape(self.oshape)
+        return self.model.forward(x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         if tuple(y.shape) != self.oshape:
             raise InputError(f"k-space of shape {tuple(y.shape)} does not match the operator's output shape {self.oshape}")
-        cdt = complex_dtype_for(y)
-        coil_images = self._nufft_adj(y.to(cdt).reshape(self.oshape[0], -1))
-        return (self._sens(y.device, cdt).conj() * coil_images).sum(0)
+        return self.model.adjoint(y)
 
     def coil_images(self, y: torch.Tensor, density_compensated: bool = True) -> torch.Tensor:
         """Per-coil gridding images (coils, *image_shape), ignoring the sensitivities."""
         if tuple(y.shape) != self.oshape:
             raise InputError(f"k-space of shape {tuple(y.shape)} does not match the operator's output shape {self.oshape}")
-        cdt = complex_dtype_for(y)
         w = self.dcf.to(y.device) if density_compensated else 1.0
-        return self._nufft_adj((w * y.to(cdt)).reshape(self.oshape[0], -1))
+        return self.N.adjoint(w * y.to(complex_dtype_for(y)))
 
     def gridding(self, y: torch.Tensor) -> torch.Tensor:
         """Density-compensated adjoint, sensitivity-combined: sum_c conj(S_c) A_c^H (w y_c) / sum_c |S_c|^2."""
