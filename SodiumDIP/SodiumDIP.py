@@ -3,11 +3,9 @@
 A thin GUI over the engine (``SodiumDIPLib``, shipped beside this file). The optimiser never runs in
 Slicer's process: ``SodiumDIPLib.scene.SceneRun`` writes the inputs to NRRD and starts
 ``PythonSlicer -m SodiumDIPLib.worker job.json``; a QTimer polls it. Torch is imported only by the worker,
-and installed on first use after the user agrees (SlicerPyTorch's installer when that extension is
-present, else pip).
+and installed on first use after the user agrees (pip in a subprocess; see SodiumDIPLogic.installPackages).
 
-Runs on Slicer 5.6 and later (the parameterNodeWrapper's connectGui; see SodiumDIPWidget.setParameterNode
-for what differs before 5.10).
+Runs on Slicer 5.6 and later (see connectParameterNodeGui for what differs before 5.10).
 """
 
 import importlib.metadata

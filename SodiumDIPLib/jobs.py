@@ -280,10 +280,16 @@ class Job:
     def request_cancel(self, grace: float = 10.0) -> None:
         """Ask the worker to stop and keep its best result, without waiting (for a GUI timer).
 
-        ``poll()`` kills the process tree if the worker has not exited ``grace`` s later."""
+        ``poll()`` kills the process tree if the worker has not exited ``grace`` s later. A worker that has
+        not reported "started" yet is killed at once (there is no result to keep)."""
         if self.proc is None or self._done.is_set():
             return
         self._cancel_requested = True
+        if "started" not in self._seen:
+            # Still starting (importing torch, reading inputs): nothing computed that could be kept, and the
+            # imports would delay the answer by seconds. Stop it now.
+            self._kill_group(signal.SIGKILL if not _WINDOWS else None)
+            return
         self._kill_group(signal.SIGTERM if not _WINDOWS else signal.CTRL_BREAK_EVENT)
         self._kill_at = time.monotonic() + grace
 

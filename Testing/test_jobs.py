@@ -291,3 +291,26 @@ def test_describe_job_does_not_block(tmp_path):
     assert time.monotonic() - t0 < 1.0 and first is None, "the query must answer later, not block"
     methods = query.wait(timeout=120)
     assert "tv" in methods and methods["tv"]["parameters"]
+
+
+def test_cancel_while_the_worker_starts_ends_the_job_within_two_seconds(case):
+    """Cancel while the worker is still starting (importing torch: killed at once, nothing to keep): the
+    job has ended within 2 s. (tv's solver loop: test_tv_cancel_request_is_answered_within_two_seconds.
+    tv's SURE weight search, methods/tv.py, answered in 3.6 s once and under 2 s once on the shared
+    machine: not asserted here, see docs/slicer.md.)"""
+    job = Job().start({"inputs": {"sodium": str(case["paths"]["sodium"])}, "method": "tv", "preset": "quality",
+                       "params": {"iterations": 100000, "tol": 0.0}, "device": "cpu",
+                       "snapshot_interval_s": 0})
+    try:
+        events = []
+        t0 = time.monotonic()
+        job.request_cancel(grace=10.0)
+        while job.result is None and job.running and time.monotonic() - t0 < 10:
+            events += job.poll()
+            time.sleep(0.02)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 2.0, f"cancel while starting answered after {elapsed:.2f} s"
+        events += wait_for(job, timeout=15)
+        assert job.state == "cancelled", (job.state, job.error)
+    finally:
+        job.cleanup()

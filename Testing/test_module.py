@@ -69,7 +69,8 @@ def test_follows_the_scripted_module_template(module_tree):
     assert classes["SodiumDIPLogic"] == ["ScriptedLoadableModuleLogic"]
     assert classes["SodiumDIPTest"] == ["ScriptedLoadableModuleTest"]
     src = MODULE.read_text()
-    for needle in ('loadUI(self.resourcePath("UI/SodiumDIP.ui"))', "connectParameterNodeGui(self._parameterNode, self.ui)",
+    for needle in ('loadUI(self.resourcePath("UI/SodiumDIP.ui"))',
+                   "connectParameterNodeGui(self._parameterNode, self.ui)",
                    'slicer.app.connect("startupCompleted()", registerSampleData)',
                    "registerCustomSampleDataSource", "self.parent.categories", "self.parent.acknowledgementText"):
         assert needle in src, needle
@@ -298,7 +299,7 @@ def test_sample_data_checksums_match_the_public_files(uhf_dir, module_tree):
 
 def test_gui_side_never_imports_torch():
     """Slicer's process loads SodiumDIP.py's engine imports; torch must only load in the worker."""
-    code = ("import sys; import SodiumDIPLib.scene, SodiumDIPLib.jobs; "
+    code = ("import sys; import SodiumDIPLib.scene, SodiumDIPLib.jobs, SodiumDIPLib.params; "
             "print('torch' in sys.modules, 'SodiumDIPLib.pipeline' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr

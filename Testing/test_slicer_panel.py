@@ -13,11 +13,19 @@ import pytest
 
 import slicer_harness  # noqa: E402 - Testing/ is on sys.path (pytest rootdir-relative import)
 
-RELEASES = [r for r in slicer_harness.RELEASES if (slicer_harness.SLICER_PYTHON / r).is_dir()]
+RELEASES = slicer_harness.RELEASES
+
+
+def _require(release):
+    folder = slicer_harness.SLICER_PYTHON / release / "slicer"
+    if not folder.is_dir():
+        pytest.fail(f"Slicer's Python sources missing: {folder} (../shared/slicer-python must sit beside "
+                    "the repository)")
 
 
 @pytest.fixture(params=RELEASES)
 def app(request):
+    _require(request.param)
     harness = slicer_harness.SlicerApp(request.param)
     yield harness
     harness.close()
@@ -295,6 +303,7 @@ def test_preview_without_the_red_view_says_so(app):
 @pytest.mark.parametrize("release", RELEASES[-1:])
 def test_the_modules_self_test_runs(release):
     """SodiumDIPTest (what *Reload and Test* runs in Slicer) on the newest release's Python."""
+    _require(release)
     harness = slicer_harness.SlicerApp(release)
     try:
         test = harness.module.SodiumDIPTest()
