@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -183,6 +184,18 @@ class HeldOutCheck:
         return self.best is not None and self.n > 0 and self.best[0] < -self.margin * self.best[1]
 
 
+def _fill_held_out(image: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """``image`` with the held-out voxels replaced by the mean of their kept neighbours (3-voxel box)."""
+    from scipy import ndimage as ndi
+
+    keep = (~held).astype(np.float32)
+    num = ndi.uniform_filter(image.astype(np.float32) * keep, 3)
+    den = ndi.uniform_filter(keep, 3)
+    out = image.astype(np.float32).copy()
+    out[held] = (num[held] / np.maximum(den[held], 1e-6))
+    return out
+
+
 def _measured_model(bx: torch.Tensor, kind: str, sigma: float, n_ch: int, magnitude: bool) -> torch.Tensor:
     """What the held-out voxels are compared with: b x, or its expected magnitude under a noise-floor model."""
     if magnitude and kind in ("rician", "chi", "corrected_ls"):
@@ -292,6 +305,11 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
         w_dtv = float(params["kspace_weight_dtv"])
     G = _guidance() if (w_dtv > 0 or w_gc > 0 or params["sodium_guide"] != "none") else None
     pilot = pilot_bias = pilot_image = pilot_bias_raw = pilot_result = None
+    guard, y_gc = None, None
+    frac = float(params.get("holdout_fraction", 0.0))
+    if (frac > 0 and identity and residual and params["pilot"] in ("tv", "dtv") and not torch.is_complex(y)
+            and support_np.sum() >= 200):
+        guard = HeldOutCheck(support_np, frac, ctx.seed, float(params.get("holdout_margin", 2.0)), device)
     xi_h = xi = None
     guide_na = params["sodium_guide"] if params["w_na"] > 0 else "none"
     if params["pilot"] in ("tv", "dtv"):
@@ -301,6 +319,16 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
         if pilot_result.stop_rule == "cancelled" or ctx.cancelled():
             return _pilot_only(pilot_result, params, "cancelled by the user during the pilot")
         pilot_image, pilot_bias_raw = pilot.numpy().copy(), pilot_bias
+        if guard is not None:
+            # the DIP starts from a pilot that never saw the held-out voxels (filled from their neighbours), so
+            # neither the network input nor the pilot carries their noise: the held-out comparison stays fair
+            filled = _fill_held_out(initial, guard.held.cpu().numpy())
+            blind = replace(problem, measurement=torch.from_numpy(filled), initial=filled)
+            pilot, blind_bias, blind_result = _classical_pilot(blind, ctx, params["pilot"])
+            if blind_result.stop_rule == "cancelled" or ctx.cancelled():
+                return _pilot_only(pilot_result, params, "cancelled by the user during the pilot")
+            pilot_bias = blind_bias if pilot_bias is not None else None
+            y_gc = torch.from_numpy(filled).to(device)
         pilot = pilot.to(device)
     elif G is not None or params["pilot_input"] or params["warm_start"] > 0 or residual:
         G = _guidance()
@@ -357,7 +385,7 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
     # gradient consistency target: gradients of the smoothed measurement (image domain)
     gc_sigma = float(params["gc_sigma_vox"])
     if w_gc > 0:
-        y_img = y if identity else op.adjoint(y)
+        y_img = (y if y_gc is None else y_gc) if identity else op.adjoint(y)
         y_img = y_img.abs() if torch.is_complex(y_img) else y_img
         gy = G.gradient(G.gaussian_smooth(y_img.float(), gc_sigma), rel_spacing)
 
@@ -429,10 +457,7 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
     reg_std = float(params["reg_noise_std"])
     n_support = support.sum().clamp_min(1)
 
-    guard = None
-    frac = float(params.get("holdout_fraction", 0.0))
-    if frac > 0 and identity and residual and pilot is not None and support_np.sum() >= 200:
-        guard = HeldOutCheck(support_np, frac, ctx.seed, float(params.get("holdout_margin", 2.0)), device)
+    if guard is not None:
         with torch.no_grad():
             b0 = bias() if bias is not None else None
             guard.start(y, _measured_model(pilot * b0 if b0 is not None else pilot, kind, sigma, n_ch,
