@@ -61,8 +61,8 @@ def _classical_pilot(problem: Problem, ctx: RunContext, name: str, overrides: di
             ctx.on_progress(dict(event, stage="pilot", pilot=name), image)
 
     spec = get_method(name)
-    res = spec.run(problem, spec.parameters("fast", overrides), RunContext(str(ctx.device), ctx.seed, on_progress=progress,
-                                                                should_cancel=ctx.should_cancel))
+    run_ctx = RunContext(str(ctx.device), ctx.seed, on_progress=progress, should_cancel=ctx.should_cancel)
+    res = spec.run(problem, spec.parameters("fast", overrides), run_ctx)
     bias = None if res.bias_field is None else np.asarray(res.bias_field, np.float32)
     return torch.from_numpy(np.asarray(res.image, np.float32)), bias, res
 
@@ -613,7 +613,8 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
     # What "auto" settings resolved to (kept out of params so a written parameter file reloads cleanly).
     result.diagnostics = {"fidelity": kind, "n_channels": int(n_ch), "noise_sigma": sigma,
                           "stop_reason": rule.reason if not cancelled else "cancelled by the user",
-                          "returned_stage": stage, "bias_decision": bias_decision, **(_guard_diagnostics(guard) if guard is not None else {}),
+                          "returned_stage": stage, "bias_decision": bias_decision,
+                          **(_guard_diagnostics(guard) if guard is not None else {}),
                           "proton_used": bool(use_proton), "seconds_per_iteration":
                           (time.perf_counter() - t0) / max(it_done, 1)}
     return result
