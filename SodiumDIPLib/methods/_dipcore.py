@@ -601,12 +601,11 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> M
     if stage == "pilot":  # the safeguard found no held-out evidence that the DIP stage improves on its pilot
         out, bias_out = pilot_image.astype(np.float32), pilot_bias_raw
         if bias is not None:
-            # the pilot's model of the measurement b x, split by DIP-Fusion's own starting field (the tissue-class
-            # regression sees a receive-array bias that the pilot's N4 does not: r 0.78 vs 0.03 on the 7 T pair)
+            # the pilot is returned exactly (its image and its N4 field); DIP-Fusion's own starting field (the
+            # tissue-class regression) stays available. Splitting the pilot's model by it instead gained 1.27 dB
+            # on the 48^3 head but lost 1.18 dB on a 48x48 slice (docs/method.md): not a safe default.
             with torch.no_grad():
-                b_start = torch.exp(bias.start).cpu().numpy().astype(np.float64)
-            model = pilot_image * (1.0 if pilot_bias_raw is None else pilot_bias_raw)
-            out, bias_out = (model / b_start).astype(np.float32), b_start.astype(np.float32)
+                extras["joint_bias_field"] = torch.exp(bias.start).cpu().numpy().astype(np.float32)
         stop_rule, stop_iteration = "held-out: pilot", 0
     result = MethodResult(image=out, iterations=it_done, stop_rule=stop_rule, stop_iteration=int(stop_iteration),
                           bias_field=bias_out, history=history, extras=extras, params=dict(params))
