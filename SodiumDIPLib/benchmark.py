@@ -11,6 +11,9 @@ return a bias field b: the repeat carries the same receive bias, so the bias-cor
 after re-applying its own bias estimate); gain over the input in dB; the
 estimated bias field's Pearson correlation (head mask) with smooth(naa_6) / smooth(nav_7).
 
+Suite (``--suite [fast|core|tuning|held-out|full]``): every method on a list of cases (built-in head and breast,
+MNI152 atlas brains, the real pair), one table: ``SodiumDIPLib.suite``.
+
 Speed (``--speed``): plain DIP with the original paper's defaults (skip net, 5 x 128 channels, Adam 1e-2,
 input noise 0.1, perturbation 1/30, EMA 0.99) runs for a time budget; its best PSNR is the target; DIP-Fusion
 (chosen preset) runs in the same process; the ratio of times to reach the target is reported.

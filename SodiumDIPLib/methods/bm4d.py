@@ -7,8 +7,8 @@ on the real 7 T pair). Presets: fast = the low-complexity profile ("lc") with ha
 balanced = "lc" with both stages, quality = the normal profile ("np"), both stages.
 The ``bm4d`` package has a non-commercial licence: it is an optional extra and never required.
 Receive bias: ``bias_correction="auto"`` (default) is "n4" where N4 finds a receive bias in the data and "none"
-where it does not (``tv.receive_bias``). ``bias_correction="n4"`` divides the image by an N4 bias estimate (mean log b = 0 on
-the support) before filtering and returns b as the bias field, as ``tv`` does. Rician bias: not corrected.
+where it does not (``tv.receive_bias``). ``bias_correction="n4"`` divides the image by an N4 bias estimate
+(mean log b = 0 on the support) before filtering and returns b as the bias field, as ``tv`` does. Rician bias: not corrected.
 """
 
 from __future__ import annotations

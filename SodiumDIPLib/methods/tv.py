@@ -15,8 +15,8 @@ x_k+1 = the solution for y_k+1; they return the contrast the prior takes away (d
 
 Receive bias: ``bias_correction="auto"`` (default) runs N4 and keeps its field only when the data carry one (its
 log-std over the support >= bias.BIAS_EVIDENCE_LOG_STD; otherwise no field, as "none"); the decision is in
-MethodResult.diagnostics["bias_decision"]. With ``bias_correction="n4"`` a smooth bias b is always estimated from the initial image by
-N4 (SimpleITK) with mean log b = 0 over the support, and the data model becomes y = A(b x) + noise, so the
+MethodResult.diagnostics["bias_decision"]. With ``bias_correction="n4"`` a smooth bias b is always estimated
+from the initial image by N4 (SimpleITK) with mean log b = 0 over the support, and the data model becomes y = A(b x) + noise, so the
 returned x is bias-corrected and b is returned as MethodResult.bias_field -- the same contract as DIP-Fusion,
 so the baselines are compared on equal terms ("none": x fits y directly, no bias field).
 
