@@ -151,8 +151,9 @@ _COMMON = [
        "operator norm (centre of the GCV search on Cartesian data)", "prior", "sigma", 0, 100),
     _p("lambda_select", "choice", "how the weight is chosen: 'sure' / GCV search around it, or 'fixed'",
        "prior", choices=("sure", "fixed")),
-    _p("bias_correction", "choice", "receive-bias correction of the input: 'n4' (N4, mean log b = 0 on the "
-       "support) or 'none'", "bias field", choices=("none", "n4")),
+    _p("bias_correction", "choice", "receive-bias correction of the input: 'auto' (N4 where the data show a "
+       "receive bias), 'n4' (always N4, mean log b = 0 on the support) or 'none'", "bias field",
+       choices=("auto", "n4", "none")),
     _p("bregman_steps", "int", "Bregman iterations after the weight search (k-space data only; images ignore "
        "it)", "prior", "", 0, 10),
     _p("bregman_weight_factor", "float", "weight of the Bregman solves as a multiple of the selected weight",
@@ -228,6 +229,14 @@ _COMMON = [
        "proton image), 'pilot' (the pilot's N4 field)", "bias field", choices=("none", "proton", "pilot")),
     _p("bias_classes", "int", "sodium tissue classes of the 'proton' start", "bias field", "", 1, 8),
     _p("bias_bins", "int", "proton-intensity bins per class of the 'proton' start", "bias field", "", 2, 64),
+    _p("bias_select", "choice", "'auto': a joint bias field only where the pilot's N4 finds a receive bias; "
+       "'always': estimate it on every input", "bias field", choices=("auto", "always")),
+    # DIP safeguard: held-out voxels decide between the DIP stage and its pilot
+    _p("holdout_fraction", "float", "share of the object's voxels left out of the DIP's data term to check it "
+       "against its pilot (0 = off)", "safeguard", "", 0, 0.5),
+    _p("holdout_margin", "float", "standard errors by which the DIP must beat the pilot on the held-out voxels",
+       "safeguard", "SE", 0, 100),
+    _p("holdout_every", "int", "iterations between held-out checks", "safeguard", "steps", 1, 100000),
     # DIP stopping
     _p("stopping", "choice", "stopping rule: fixed count, running variance (ES-WMV), or discrepancy",
        "stopping", choices=("fixed", "wmv", "discrepancy")),
@@ -242,10 +251,7 @@ _COMMON = [
 PARAMETERS: dict[str, Param] = {p.name: p for p in _COMMON}
 
 # Names whose meaning or range is narrower in one method.
-_BY_METHOD: dict[tuple, Param] = {
-    ("dtv", "gamma"): _p("gamma", "float", "directional-TV strictness P = I - gamma xi xi^T (0 = TV)", "prior",
-                         "", 0, 0.999),
-}
+_BY_METHOD: dict[tuple, Param] = {}
 
 
 def register(param: Param, method: Optional[str] = None) -> Param:

@@ -5,7 +5,8 @@ writes inside them), resolved (``~``, ``..`` and symbolic links; hard links are 
 ``Plan.check()`` raises InputError (exit 2, one line) when an input is missing, a name is illegal (a path
 component over the file system's limit, a NUL byte), a folder to write into is missing or not writable, an
 output is a folder, or an output is an input or another output. ``run_parameters`` resolves and range-checks a
-method's parameters (preset + overrides + the method's own validator) and ``check_seed`` / ``finite_number``
+method's parameters (preset + overrides, converted and range-checked against their declarations in
+SodiumDIPLib.params) and ``check_seed`` / ``finite_number``
 check the scalar options, so that nothing found only later can fail after the run.
 """
 
@@ -241,27 +242,6 @@ def _check_value(key: str, value, default, depth: int = 0):
             _check_value(key, v, None, depth + 1)
 
 
-def _method_validator(name: str):
-    """The built-in method's own parameter check (the one it runs at its start), or None."""
-    if name in ("dip", "dipfusion"):
-        from .methods._dipcore import validate
-
-        return validate
-    if name in ("tv", "dtv"):
-        from .methods.tv import check_params
-
-        required = ("lambda_sigma", "iterations", "tol")
-        if name == "dtv":
-            required += ("gamma", "eta", "guide_smoothing_vox")
-        return lambda params: check_params(params, required)
-    if name == "bm4d":
-        def check(params):
-            if params.get("bias_correction", "none") not in ("none", "n4"):
-                raise InputError(f"bias_correction must be 'none' or 'n4', got {params['bias_correction']!r}")
-        return check
-    return None
-
-
 def run_parameters(spec, preset: str, overrides: Optional[dict]) -> dict:
     """The full parameters of a run (preset + overrides), every value checked: known name, right type, finite,
     not null, in range for the method. Raises InputError naming the parameter and what is expected."""
@@ -278,17 +258,8 @@ def run_parameters(spec, preset: str, overrides: Optional[dict]) -> dict:
         raise InputError(f"parameters for method {spec.name!r}: {type(exc).__name__}: {str(exc)[:120]}; "
                          "expected values of the preset's types") from None
     defaults = spec.presets.get(preset, {})
-    for key, value in params.items():
+    for key, value in params.items():  # undeclared parameters of plug-in methods: still finite, typed, not null
         _check_value(key, value, defaults.get(key))
-    validator = _method_validator(spec.name)
-    if validator is not None:
-        try:
-            validator(params)
-        except InputError as exc:
-            raise InputError(f"method {spec.name!r}: {exc}") from None
-        except (TypeError, ValueError, KeyError, OverflowError) as exc:
-            raise InputError(f"method {spec.name!r}: a parameter has the wrong type or value "
-                             f"({type(exc).__name__}: {str(exc)[:120]})") from None
     return params
 
 

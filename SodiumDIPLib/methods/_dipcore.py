@@ -28,6 +28,7 @@ from .. import fidelity as fid
 from ..bias import BiasField
 from ..errors import Cancelled, InputError
 from ..networks import DIPNet, NetConfig, make_input
+from ..params import validate as validate_params
 from .base import MethodResult, Problem, RunContext
 
 
@@ -106,48 +107,6 @@ def _as_list(value, name):
         return tuple(int(v) for v in value)
     except (TypeError, ValueError):
         raise InputError(f"parameter {name!r} expects a list of integers, got {value!r}") from None
-
-
-def _check(params: dict, key: str, lo=None, hi=None, allowed=None):
-    v = params[key]
-    if allowed is not None and v not in allowed:
-        raise InputError(f"parameter {key!r} must be one of {allowed}, got {v!r}")
-    if lo is not None and not (v >= lo):
-        raise InputError(f"parameter {key!r} must be >= {lo}, got {v!r}")
-    if hi is not None and not (v <= hi):
-        raise InputError(f"parameter {key!r} must be <= {hi}, got {v!r}")
-
-
-def validate(params: dict) -> None:
-    for key in ("weight_dtv", "kspace_weight_dtv", "weight_gc", "weight_bias", "lr", "input_scale", "reg_noise_std",
-                "eps"):
-        _check(params, key, lo=0)
-    _check(params, "lr", lo=1e-8)
-    _check(params, "warm_lr", lo=1e-8)
-    _check(params, "iterations", lo=1)
-    _check(params, "gamma", lo=0, hi=0.999)
-    _check(params, "ema", lo=0, hi=0.9999)
-    _check(params, "eta_h", lo=1e-8)
-    _check(params, "eta_na", lo=1e-8)
-    _check(params, "w_h", lo=0)
-    _check(params, "w_na", lo=0)
-    _check(params, "bias_degree", lo=0, hi=6)
-    _check(params, "precision", allowed=("fp32", "bf16"))
-    _check(params, "stopping", allowed=("fixed", "wmv", "discrepancy"))
-    _check(params, "sodium_guide", allowed=("pilot", "output", "none"))
-    _check(params, "lr_schedule", allowed=("cosine", "none"))
-    _check(params, "fusion", allowed=("tensor", "sum"))
-    _check(params, "warm_start", lo=0)
-    _check(params, "bias_init", allowed=("none", "proton", "pilot"))
-    if "bias_select" in params:
-        _check(params, "bias_select", allowed=("auto", "always"))
-    _check(params, "bias_classes", lo=1, hi=8)
-    _check(params, "bias_bins", lo=2, hi=64)
-    _check(params, "pilot", allowed=("smooth", "tv", "dtv"))
-    _check(params, "refresh_every", lo=1)
-    for key, lo, hi in (("holdout_fraction", 0, 0.5), ("holdout_margin", 0, None), ("holdout_every", 1, None)):
-        if key in params:
-            _check(params, key, lo=lo, hi=hi)
 
 
 class HeldOutCheck:
@@ -253,7 +212,7 @@ def _psnr(x: np.ndarray, ref: np.ndarray, mask) -> float:
 
 def run_dip(problem: Problem, params: dict, ctx: RunContext, method_name: str) -> MethodResult:
     """Fit the DIP model described by ``params`` (see dipfusion.PRESETS for every key) to ``problem``."""
-    validate(params)
+    params = validate_params(method_name, params)
     try:
         return _run(problem, params, ctx, method_name)
     except torch.cuda.OutOfMemoryError:

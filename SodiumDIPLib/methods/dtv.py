@@ -17,8 +17,9 @@ import torch
 
 from ..errors import InputError
 from ..guidance import direction_field, gaussian_smooth, normalise_guide
+from ..params import validate as validate_params
 from .base import Method, MethodResult, Problem, RunContext, register
-from .tv import check_params, relative_spacing, solve_variational
+from .tv import relative_spacing, solve_variational
 
 DESCRIPTION = "Proton-guided directional total variation (PDHG), the classical anatomically guided baseline"
 
@@ -47,13 +48,7 @@ def proton_direction_field(problem: Problem, eta: float, smoothing_vox: float = 
 
 
 def run_dtv(problem: Problem, params: dict, ctx: RunContext) -> MethodResult:
-    check_params(params, ("lambda_sigma", "iterations", "tol", "gamma", "eta", "guide_smoothing_vox"))
-    if not (0.0 <= params["gamma"] < 1.0):
-        raise InputError(f"gamma must be in [0, 1), got {params['gamma']}")
-    if not (params["eta"] > 0):
-        raise InputError(f"eta must be > 0, got {params['eta']}")
-    if not (params["guide_smoothing_vox"] >= 0):
-        raise InputError(f"guide_smoothing_vox must be >= 0, got {params['guide_smoothing_vox']}")
+    params = validate_params("dtv", params)
     xi = proton_direction_field(problem, float(params["eta"]), float(params["guide_smoothing_vox"]), ctx.device)
     extras = {"direction_field_magnitude": torch.sqrt((xi * xi).sum(0)).cpu().numpy().astype(np.float32)}
     return solve_variational(problem, params, ctx, xi=xi, gamma=float(params["gamma"]), extras=extras)

@@ -39,6 +39,7 @@ from ..errors import Cancelled, InputError
 from ..physics.base import LinearOperator
 from ..solvers import operator_norm, pdhg_tv
 from ..support import estimate_noise_sigma
+from ..params import validate as validate_params
 from .base import Method, MethodResult, Problem, RunContext, register
 
 DESCRIPTION = "Isotropic total variation (PDHG), regularisation weight from the noise level"
@@ -119,31 +120,6 @@ def relative_spacing(problem: Problem) -> Optional[tuple]:
         return None
     h = [float(s) for s in problem.spacing]
     return tuple(s / min(h) for s in h)
-
-
-def check_params(params: dict, required: tuple) -> None:
-    for key in required:
-        if key not in params:
-            raise InputError(f"missing parameter {key!r}")
-    if not (params["lambda_sigma"] >= 0):
-        raise InputError(f"lambda_sigma must be >= 0, got {params['lambda_sigma']}")
-    if int(params["iterations"]) < 1:
-        raise InputError(f"iterations must be >= 1, got {params['iterations']}")
-    if not (params["tol"] >= 0):
-        raise InputError(f"tol must be >= 0, got {params['tol']}")
-    if params.get("lambda_select", "fixed") not in ("fixed", "sure"):
-        raise InputError(f"lambda_select must be 'fixed' or 'sure', got {params['lambda_select']!r}")
-    if params.get("bias_correction", "none") not in BIAS_MODES:
-        raise InputError(f"bias_correction must be one of {BIAS_MODES}, got {params['bias_correction']!r}")
-    steps, factor = params.get("bregman_steps", 0), params.get("bregman_weight_factor", 1.0)
-    if not _is_number(steps) or not float(steps).is_integer() or not 0 <= steps <= 10:
-        raise InputError(f"bregman_steps must be an integer in 0..10, got {steps!r}")
-    if not _is_number(factor) or not factor > 0:
-        raise InputError(f"bregman_weight_factor must be a number > 0, got {factor!r}")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
 
 
 def _psnr(x: np.ndarray, ref: np.ndarray, mask) -> float:
@@ -407,8 +383,7 @@ def solve_variational(problem: Problem, params: dict, ctx: RunContext, xi: Optio
 
 
 def run_tv(problem: Problem, params: dict, ctx: RunContext) -> MethodResult:
-    check_params(params, ("lambda_sigma", "iterations", "tol"))
-    return solve_variational(problem, params, ctx)
+    return solve_variational(problem, validate_params("tv", params), ctx)
 
 
 register(Method(name="tv", description=DESCRIPTION, run=run_tv, presets=PRESETS, supports_kspace=True,
