@@ -69,6 +69,10 @@ def check_pnp_params(params: dict) -> None:
             raise InputError(f"{key} must be >= 1, got {params[key]}")
     if params["bias_correction"] not in ("none", "n4"):
         raise InputError(f"bias_correction must be 'none' or 'n4', got {params['bias_correction']!r}")
+    if params["noise_model"] not in ("auto", "gaussian", "rician"):
+        raise InputError(f"noise_model must be 'auto', 'gaussian' or 'rician', got {params['noise_model']!r}")
+    if int(params["c2s_steps"]) < 1:
+        raise InputError(f"c2s_steps must be >= 1, got {params['c2s_steps']}")
     if params["denoiser"] == "auto":
         params["denoiser"] = "bm4d" if importlib.util.find_spec("bm4d") is not None else "prior"
     if params["denoiser"] == "bm4d" and importlib.util.find_spec("bm4d") is None:
