@@ -160,7 +160,6 @@ def main(args) -> int:
         raise InputError(f"--out folder {out.parent} does not exist")
     if args.steps < 1:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model, meta = train_prior(steps=args.steps, seed=args.seed, template=args.template)
     save_model(model, out, meta)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB, {meta['parameters']} parameters)")

@@ -15,7 +15,7 @@ density-weighted data term of ``tv`` is used. Stopping: ``iterations`` steps, or
 the first step whose denoised image z_k reaches |A z_k - y|^2 <= ``discrepancy_tau`` x the expected noise
 energy (Morozov's discrepancy principle); the output is that z_k.
 
-Denoisers (``denoiser``):
+Denoisers (``denoiser``; ``auto`` = bm4d when the optional package is installed, else the prior):
 - ``prior``: the MRI-driven prior shipped in the package (SodiumDIPLib/learned/weights/prior_t1.pt): a small
   noise-conditional CNN trained on the MNI152 T1 template (shipped inside the nilearn wheel) degraded to sodium
   resolution, contrast and noise, reproducible with ``python -m SodiumDIPLib.learned.prior`` (docs/c2s_pnp.md);
@@ -40,15 +40,18 @@ from .tv import density_weighted, n4_bias_field, noise_sigma_of
 DESCRIPTION = ("Plug-and-play (HQS / ADMM, CG data consistency, penalty continuation) with a learned MRI prior, "
                "the c2s network or BM4D as the denoiser")
 
-DENOISERS = ("prior", "c2s", "bm4d")
-_COMMON = dict(denoiser="prior", splitting="hqs", sigma_start=0.1, sigma_end_factor=1.0, lambda_dc=1.0,
+DENOISERS = ("auto", "prior", "c2s", "bm4d")
+# splitting / lambda_dc: 32^3 head phantom, 4-coil Cartesian R = 4, bm4d denoiser, 12 steps: HQS lambda_dc 1 / 0.3 /
+# 0.1: 25.27 / 28.13 / 28.34 dB; ADMM lambda_dc 0.3: 29.08 (docs/c2s_pnp.md)
+_COMMON = dict(denoiser="auto", splitting="admm", sigma_start=0.1, sigma_end_factor=1.0, lambda_dc=1.0,
                cg_iterations=10, stopping="fixed", discrepancy_tau=1.0, use_proton=True, c2s_steps=300,
                noise_model="auto", bias_correction="n4")
 PRESETS = {
-    "fast": dict(_COMMON, iterations=8),
-    "balanced": dict(_COMMON, iterations=12, c2s_steps=600),
-    "quality": dict(_COMMON, iterations=20, cg_iterations=20, c2s_steps=1500),
+    "fast": dict(_COMMON, iterations=12),
+    "balanced": dict(_COMMON, iterations=16, c2s_steps=600),
+    "quality": dict(_COMMON, iterations=24, cg_iterations=20, c2s_steps=1500),
 }
+MAX_INTENSITY = 4.0  # denoised images are clipped to [0, 4] x the starting image's robust maximum (a guard)
 
 
 def check_pnp_params(params: dict) -> None:
@@ -66,6 +69,12 @@ def check_pnp_params(params: dict) -> None:
             raise InputError(f"{key} must be >= 1, got {params[key]}")
     if params["bias_correction"] not in ("none", "n4"):
         raise InputError(f"bias_correction must be 'none' or 'n4', got {params['bias_correction']!r}")
+    if params["noise_model"] not in ("auto", "gaussian", "rician"):
+        raise InputError(f"noise_model must be 'auto', 'gaussian' or 'rician', got {params['noise_model']!r}")
+    if int(params["c2s_steps"]) < 1:
+        raise InputError(f"c2s_steps must be >= 1, got {params['c2s_steps']}")
+    if params["denoiser"] == "auto":
+        params["denoiser"] = "bm4d" if importlib.util.find_spec("bm4d") is not None else "prior"
     if params["denoiser"] == "bm4d" and importlib.util.find_spec("bm4d") is None:
         raise InputError("denoiser 'bm4d' needs the optional package 'bm4d' (pip install bm4d; non-commercial licence)")
 
@@ -206,9 +215,10 @@ def run_pnp(problem: Problem, params: dict, ctx: RunContext) -> MethodResult:
     denoise, (lo, hi), info = make_denoiser(params["denoiser"], problem, params, ctx, start_np, sigma_start_image,
                                             history)
     n = int(params["iterations"])
-    # sigma: the image-domain noise of a fully sampled acquisition (orthonormal FFT, unit root-sum-of-squares
-    # maps; the gridded image's on radial data): where the continuation ends
-    s_end = float(params["sigma_end_factor"]) * sigma
+    # where the continuation ends: the image-domain noise of the data, sigma sqrt(R) on Cartesian data (sigma per
+    # sample, orthonormal FFT, unit root-sum-of-squares maps, a fraction 1/R of the samples kept); the
+    # gridded image's level on radial data (density_weighted already counts the samples)
+    s_end = float(params["sigma_end_factor"]) * sigma * math.sqrt(_acceleration(y, problem, identity))
     s_start = max(float(params["sigma_start"]), s_end)
     levels = [s_start * (s_end / s_start) ** (k / max(n - 1, 1)) for k in range(n)]
     budget = float(params["discrepancy_tau"]) * expected_noise_energy(problem, y, sigma, identity)
@@ -223,7 +233,7 @@ def run_pnp(problem: Problem, params: dict, ctx: RunContext) -> MethodResult:
             d_level = min(max(level, lo), hi)
             arg = (x + u) if params["splitting"] == "admm" else x
             z = torch.from_numpy(np.asarray(denoise(arg.cpu().numpy().astype(np.float32), d_level),
-                                            np.float32)).to(dev).clamp_min(0)
+                                            np.float32)).to(dev).clamp(0, MAX_INTENSITY)
             if params["splitting"] == "admm":
                 u = u + x - z
             done = k
@@ -249,6 +259,14 @@ def run_pnp(problem: Problem, params: dict, ctx: RunContext) -> MethodResult:
     if diagnostics:
         result.diagnostics = diagnostics
     return result
+
+
+def _acceleration(y: torch.Tensor, problem: Problem, identity: bool) -> float:
+    """Image voxels per acquired sample and coil (1 for images and density-weighted radial data)."""
+    if identity or getattr(problem.operator, "dcf", None) is not None:
+        return 1.0
+    acquired = float((y.abs() > 0).sum())
+    return max(1.0, float(np.prod(problem.image_shape)) * y.shape[0] / max(acquired, 1.0))
 
 
 def _robust_max(x: torch.Tensor, support) -> float:
