@@ -25,7 +25,7 @@ def _score(image: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> dict:
             "nrmse_mask": nrmse(image, truth, mask=brain)}
 
 
-def run_acceleration_benchmark(methods=("zero-filled", "tv", "dtv", "dip", "dipfusion"), factors=DEFAULT_FACTORS,
+def run_acceleration_benchmark(methods=("zero-filled", "tv", "dtv", "dip", "dipfusion", "pnp"), factors=DEFAULT_FACTORS,
                                shape=(32, 32, 32), n_coils: int = 4, kind: str = "cartesian", preset: str = "fast",
                                seed: int = 0, device: str = "auto", snr: float = 10.0,
                                on_row: Optional[Callable[[dict], None]] = None, params: Optional[dict] = None) -> dict:

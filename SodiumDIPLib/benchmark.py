@@ -33,7 +33,7 @@ import torch
 
 from .errors import InputError
 
-DEFAULT_METHODS = ("dipfusion", "dip", "dtv", "tv", "bm4d")
+DEFAULT_METHODS = ("dipfusion", "dip", "dtv", "tv", "bm4d", "c2s", "pnp")
 
 ORIGINAL_DIP = dict(channels="128,128,128,128,128", skip_channels="4,4,4,4,4", input_channels=32, input_scale=0.1,
                     output_init=False, reg_noise_std=1.0 / 30, lr=0.01, lr_schedule="none", ema=0.99,
@@ -404,17 +404,28 @@ def run_suite_from_args(args, methods) -> int:
     return 0
 
 
+def check_outputs(args) -> None:
+    """Pre-flight of a benchmark: --seed, the --params file, the --json file and the --report folder (legal,
+    writable, no output an input), before the (long) runs."""
+    from .preflight import Plan, check_seed
+    from .report.cli import plan_report
+
+    args.seed = check_seed(args.seed)
+    plan = Plan()
+    plan.add_input("--params file", getattr(args, "params", None))
+    plan.add_output("--json", getattr(args, "json", None))
+    plan_report(plan, args)
+    plan.check()
+
+
 def cmd_benchmark(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    check_outputs(args)
     if getattr(args, "suite", None):
         return run_suite_from_args(args, methods)
     if args.acceleration is not None:
         return cmd_acceleration(args, methods)
     params = _params_file(args.params)
-    if args.report:  # a bad report folder fails now, not after the (long) benchmark
-        from .report.cli import check_report_folder
-
-        check_report_folder(args.report)
     runs = [] if args.report else None
     report = run_benchmark(methods, args.data, args.preset, args.seed, args.device, shape=_shape(args.shape),
                            speed=args.speed, speed_shape=_shape(args.speed_shape), speed_budget_s=args.speed_budget,

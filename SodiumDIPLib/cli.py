@@ -19,7 +19,7 @@ from .preflight import bounded_int, finite_number
 
 #: Modules that add subcommands (each defines register_commands(subparsers)).
 COMMAND_MODULES = ("SodiumDIPLib.benchmark", "SodiumDIPLib.cli_kspace", "SodiumDIPLib.report.cli",
-                   "SodiumDIPLib.app")
+                   "SodiumDIPLib.app", "SodiumDIPLib.learned.prior")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
@@ -152,7 +152,7 @@ def check_run_request(args, inputs: dict):
     from .io import check_output_path
     from .methods import get_method
     from .pipeline import detached_data_files, output_files, resolve_device
-    from .preflight import Plan, check_bias_option, check_seed, check_text, run_parameters
+    from .preflight import Plan, check_bias_option, check_seed, check_text, plan_parameter_files, run_parameters
     from .report.cli import plan_report
 
     spec = get_method(check_text(args.method, "--method"))
@@ -165,6 +165,7 @@ def check_run_request(args, inputs: dict):
     for role, path in inputs.items():
         plan.add_input(role, path)
     plan.add_input("--params file", getattr(args, "params", None))
+    plan_parameter_files(plan, spec, params)
     files = output_files(args.output, args.bias_field, args.metrics_json)
     check_output_path(files["output"])
     if args.bias_field:
@@ -174,23 +175,6 @@ def check_run_request(args, inputs: dict):
     plan_report(plan, args)
     plan.check()
     return spec, overrides, params
-
-
-def check_side_outputs(args, inputs: Optional[dict] = None) -> None:
-    """Pre-flight for commands without a volume output (e.g. ``benchmark``): --seed, the --params file (and
-    ``inputs``), the --json file and the --report folder -- legal, writable, no output an input."""
-    from .preflight import Plan, check_seed
-    from .report.cli import plan_report
-
-    if hasattr(args, "seed"):
-        args.seed = check_seed(args.seed)
-    plan = Plan()
-    for role, path in (inputs or {}).items():
-        plan.add_input(role, path)
-    plan.add_input("--params file", getattr(args, "params", None))
-    plan.add_output("--json", getattr(args, "json", None))
-    plan_report(plan, args)
-    plan.check()
 
 
 def write_run(runs, args, output_path=None, bias_field_path=None, metrics_json=None, summary_extra=None) -> dict:

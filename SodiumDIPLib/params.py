@@ -37,6 +37,7 @@ class Param:
     high: Optional[float] = None
     low_open: bool = False
     choices: Optional[tuple] = None
+    path: str = ""  # "in" / "out": the value names a file or folder the run reads / writes ("" = none)
 
     def coerce(self, value: Any) -> Any:
         """``value`` (a preset value, a JSON value or a CLI string) as this parameter's type, range-checked.
@@ -65,7 +66,7 @@ class Param:
         return word + (" " + " and ".join(bounds) if bounds else "")
 
     def _fail(self, value) -> InputError:
-        shown = repr(value)
+        shown = "null" if value is None else repr(value)  # None arrives as JSON / YAML null
         if len(shown) > 60:
             shown = shown[:57] + "..."
         return InputError(f"parameter {self.name!r} expects {self.expects()}, got {shown}")
@@ -133,11 +134,12 @@ class Param:
                 "default": default, "min": self.low, "max": self.high, "min_exclusive": self.low_open,
                 "choices": list(self.choices) if self.choices else None, "unit": self.unit,
                 "doc": self.doc, "group": self.group,
-                "format": "comma-separated integers" if self.kind == "intlist" else None}
+                "format": "comma-separated integers" if self.kind == "intlist" else None,
+                "path": self.path or None}
 
 
-def _p(name, kind, doc, group, unit="", low=None, high=None, low_open=False, choices=None) -> Param:
-    return Param(name, kind, doc, group, unit, low, high, low_open, tuple(choices) if choices else None)
+def _p(name, kind, doc, group, unit="", low=None, high=None, low_open=False, choices=None, path="") -> Param:
+    return Param(name, kind, doc, group, unit, low, high, low_open, tuple(choices) if choices else None, path)
 
 
 _COMMON = [
@@ -237,6 +239,45 @@ _COMMON = [
     _p("holdout_margin", "float", "standard errors by which the DIP must beat the pilot on the held-out voxels",
        "safeguard", "SE", 0, 100),
     _p("holdout_every", "int", "iterations between held-out checks", "safeguard", "steps", 1, 100000),
+    # c2s (Corruption2Self) and pnp (plug-and-play)
+    _p("train_steps", "int", "training steps of the self-supervised denoiser (0 = apply model_in)", "training",
+       "steps", 0, 1000000),
+    _p("width", "int", "channels of the denoiser network's first scale", "network", "", 4, 256),
+    _p("context", "int", "neighbouring slices the 2.5D denoiser sees (odd)", "network", "slices", 1, 15),
+    _p("use_proton", "bool", "the registered proton slice as an extra denoiser input channel", "network"),
+    _p("batch", "int", "patches per training step", "training", "", 1, 1024),
+    _p("patch", "int", "side of a training patch", "training", "voxel", 8, 512),
+    _p("tau_min", "float", "smallest further-corruption level, as a fraction of the noise sigma", "training",
+       "sigma", 0, 10, low_open=True),
+    _p("tau_max", "float", "largest further-corruption level, as a fraction of the noise sigma", "training",
+       "sigma", 0, 10, low_open=True),
+    _p("refine_fraction", "float", "share of the training steps in the detail-refinement stage", "training",
+       "", 0, 0.99),
+    _p("refine_level", "float", "target noise level of the refinement stage, as a fraction of sigma",
+       "training", "sigma", 0, 0.99),
+    _p("noise_model", "choice", "noise of the input: 'auto' (from the data), 'gaussian' or 'rician'",
+       "fidelity", choices=("auto", "gaussian", "rician")),
+    _p("cohort", "text", "folder of further noisy sodium volumes to train on ('' = this volume only)", "files",
+       path="in"),
+    _p("model_in", "text", "trained denoiser weights to apply ('' = train on this volume)", "files", path="in"),
+    _p("model_out", "text", "file to save the trained denoiser's weights to ('' = not saved)", "files",
+       path="out"),
+    _p("denoiser", "choice", "denoiser of the plug-and-play prior step: 'auto' (bm4d if installed, else "
+       "'prior'), 'prior' (the shipped MRI-driven CNN), 'c2s' (trained on this volume), 'bm4d'", "prior",
+       choices=("auto", "prior", "c2s", "bm4d")),
+    _p("splitting", "choice", "plug-and-play splitting: ADMM or half-quadratic splitting", "optimiser",
+       choices=("admm", "hqs")),
+    _p("sigma_start", "float", "denoiser level of the first plug-and-play iteration (normalised intensity)",
+       "optimiser", "", 0, 10, low_open=True),
+    _p("sigma_end_factor", "float", "denoiser level of the last iteration, as a multiple of the image noise",
+       "optimiser", "sigma", 0, 100, low_open=True),
+    _p("lambda_dc", "float", "data-consistency weight: rho = lambda sigma^2 / level^2", "optimiser", "", 0, 1e6,
+       low_open=True),
+    _p("cg_iterations", "int", "conjugate-gradient iterations of each data-consistency solve", "optimiser",
+       "", 1, 1000),
+    _p("discrepancy_tau", "float", "discrepancy rule: stop when the residual energy reaches tau times the "
+       "expected noise energy", "stopping", "", 0, 100, low_open=True),
+    _p("c2s_steps", "int", "training steps of the c2s denoiser inside pnp", "training", "steps", 1, 1000000),
     # DIP stopping
     _p("stopping", "choice", "stopping rule: fixed count, running variance (ES-WMV), or discrepancy",
        "stopping", choices=("fixed", "wmv", "discrepancy")),
@@ -251,7 +292,16 @@ _COMMON = [
 PARAMETERS: dict[str, Param] = {p.name: p for p in _COMMON}
 
 # Names whose meaning or range is narrower in one method.
-_BY_METHOD: dict[tuple, Param] = {}
+_BY_METHOD: dict[tuple, Param] = {
+    ("pnp", "stopping"): _p("stopping", "choice", "stopping rule: a fixed count, or the discrepancy principle",
+                            "stopping", choices=("fixed", "discrepancy")),
+    ("c2s", "bias_correction"): _p("bias_correction", "choice", "receive-bias correction of the input: 'n4' "
+                                   "or 'none'", "bias field", choices=("n4", "none")),
+    ("pnp", "bias_correction"): _p("bias_correction", "choice", "receive-bias correction of image inputs: "
+                                   "'n4' or 'none'", "bias field", choices=("n4", "none")),
+    ("c2s", "lr"): _p("lr", "float", "Adam learning rate of the denoiser's training (cosine decay)", "training",
+                      "", 0, 1, low_open=True),
+}
 
 
 def register(param: Param, method: Optional[str] = None) -> Param:
@@ -280,6 +330,17 @@ def validate(method: str, params: dict, keys=None) -> dict:
         if declared is not None:
             checked[key] = declared.coerce(params[key])
     return checked
+
+
+def file_parameters(method: str, params: dict) -> list:
+    """(name, "in" | "out", path) for every non-empty parameter of ``params`` that names a file or folder, so
+    that the pre-flight checks them like every other input and output."""
+    out = []
+    for name, value in params.items():
+        declared = spec(method, name)
+        if declared is not None and declared.path and isinstance(value, str) and value:
+            out.append((name, declared.path, value))
+    return out
 
 
 def describe(method) -> list:

@@ -263,6 +263,18 @@ def run_parameters(spec, preset: str, overrides: Optional[dict]) -> dict:
     return params
 
 
+def plan_parameter_files(plan: "Plan", spec, params: dict) -> None:
+    """Add the files a method's parameters name (a model to load, a cohort folder, a model to save) to ``plan``,
+    so that no parameter can make the run overwrite an input or another output."""
+    from .params import file_parameters
+
+    for name, role, path in file_parameters(spec.name, params):
+        if role == "in":
+            plan.add_input(f"parameter {name}", path)
+        else:
+            plan.add_output(f"parameter {name}", path)
+
+
 def bias_field_expected(spec, params: dict) -> Optional[bool]:
     """Whether a run of this method with these parameters returns a bias field (None: cannot tell before)."""
     if "bias_correction" in params:

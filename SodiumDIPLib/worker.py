@@ -372,14 +372,15 @@ def preflight(job: dict) -> None:
     among the names the worker writes). Raises InputError."""
     from .methods import get_method
     from .pipeline import resolve_device
-    from .preflight import Plan, run_parameters
+    from .preflight import Plan, plan_parameter_files, run_parameters
 
     spec = get_method(job["method"])
-    run_parameters(spec, job["preset"], job["params"])
+    params = run_parameters(spec, job["preset"], job["params"])
     resolve_device(job["device"])
     plan = Plan()
     for role, path in job["inputs"].items():
         plan.add_input(role, path)
+    plan_parameter_files(plan, spec, params)
     out_dir = Path(job["output_dir"])
     plan.add_folder("job.output_dir", out_dir, OUTPUT_FILES)
     for name in OUTPUT_FILES[:4]:

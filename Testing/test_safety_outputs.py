@@ -158,3 +158,13 @@ def test_a_real_run_writes_everything_with_umask_permissions(case, capfd, umask)
     assert "data file: d.raw.gz" in out.read_text()  # the header names the final data file
     for name in names:
         assert (tmp / "out" / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_parameter_that_names_an_output_file_cannot_overwrite_an_input(case, capfd):
+    """c2s's model_out is a file the run writes: the pre-flight treats it like --output (issue 11)."""
+    tmp, sodium, proton = case
+    argv = ["denoise", "--sodium", sodium, "--proton", proton, "--method", "c2s", "--preset", "fast",
+            "--device", "cpu", "--quiet", "--output", str(tmp / "out" / "den.nii.gz"), "--set", f"model_out={sodium}"]
+    _refused(tmp, capfd, argv, "model_out")
+    argv[-1] = f"model_in={tmp / 'out' / 'missing.pt'}"
+    _refused(tmp, capfd, argv, "model_in")

@@ -152,6 +152,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 
+def register_commands(subparsers) -> None:
+    """Hook for ``cli.COMMAND_MODULES``: adds the ``train-prior`` subcommand."""
+    p = subparsers.add_parser("train-prior", help="train pnp's MRI-driven denoiser prior from the MNI152 T1 "
+                                                  "template that nilearn ships (reproduces the shipped weights)")
+    add_arguments(p)
+    p.set_defaults(func=main)
+
+
 def main(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
