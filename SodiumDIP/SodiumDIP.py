@@ -1,8 +1,8 @@
 """SodiumDIP: proton-guided Deep-Image-Prior denoising of sodium MRI in 3D Slicer (scripted module).
 
 A thin GUI over the engine (``SodiumDIPLib``, shipped beside this file). The optimiser never runs in
-Slicer's process: ``SodiumDIPLib.scene.SceneRun`` writes the inputs to NRRD and starts
-``PythonSlicer -m SodiumDIPLib.worker job.json``; a QTimer polls it. Torch is imported only by the worker,
+Slicer's process: ``SodiumDIPLib.apps.scene.SceneRun`` writes the inputs to NRRD and starts
+``PythonSlicer -m SodiumDIPLib.apps.worker job.json``; a QTimer polls it. Torch is imported only by the worker,
 and installed on first use after the user agrees (pip in a subprocess; see SodiumDIPLogic.installPackages).
 
 Runs on Slicer 5.6 and later (see connectParameterNodeGui for what differs before 5.10).
@@ -30,8 +30,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from SodiumDIPLib import params as engineParams
-from SodiumDIPLib import scene as sodiumScene
-from SodiumDIPLib.jobs import DescribeJob
+from SodiumDIPLib.apps import scene as sodiumScene
+from SodiumDIPLib.apps.jobs import DescribeJob
 
 METHODS = ["dipfusion", "dip", "dtv", "tv", "bm4d"]
 PRESETS = ["fast", "balanced", "quality"]
@@ -812,7 +812,7 @@ class SodiumDIPTest(ScriptedLoadableModuleTest):
             self.delayDisplay("Skipped: install the worker's packages first (the panel's Apply offers to): "
                               + ", ".join(missing.values()))
             return
-        from SodiumDIPLib.phantom import make_phantom
+        from SodiumDIPLib.data.phantom import make_phantom
 
         self.delayDisplay("Starting the test")
         case = make_phantom(shape=(16, 16, 16), seed=1)

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .errors import InputError
+from SodiumDIPLib.errors import InputError
 
 KINDS = ("float", "int", "bool", "choice", "text", "intlist")
 _TRUE = ("1", "true", "yes", "on")

@@ -19,17 +19,17 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from . import __version__
-from .errors import Cancelled, InputError
-from .io import check_output_path, json_default, validate_volume, write_text_atomic, write_volume
-from .methods import Problem, RunContext, get_method
-from .physics.base import Identity
-from .resample import resample_to_grid, same_grid
-from .support import estimate_noise_sigma, head_mask
-from .volume import Volume
+from SodiumDIPLib import __version__
+from SodiumDIPLib.errors import Cancelled, InputError
+from SodiumDIPLib.data.io import check_output_path, json_default, validate_volume, write_text_atomic, write_volume
+from SodiumDIPLib.methods import get_method
+from SodiumDIPLib.problem import SCALE_PERCENTILE, Problem, RunContext
+from SodiumDIPLib.physics.base import Identity
+from SodiumDIPLib.data.resample import resample_to_grid, same_grid
+from SodiumDIPLib.data.support import estimate_noise_sigma, head_mask
+from SodiumDIPLib.data.volume import Volume
 
 #: The input's robust maximum (this percentile inside the support) becomes 1 before a method runs.
-SCALE_PERCENTILE = 99.5
 
 
 @dataclass
@@ -283,7 +283,7 @@ def _extra_volume(grid: Volume, arr, squeeze: bool):
 
 def compute_run_metrics(output: Volume, inputs: dict, proton_only_contrast: Optional[float] = None) -> dict:
     """Metrics of a result against what the inputs provide (reference, mask, lesion, proton-only)."""
-    from .metrics import compute_metrics
+    from SodiumDIPLib.metrics.quality import compute_metrics
 
     get = (lambda k: inputs[k].array if k in inputs else None)
     mask = get("mask")
@@ -308,7 +308,7 @@ def default_params_path(output_path) -> Path:
 def output_files(output_path, bias_field_path=None, metrics_json=None, params_path=None) -> dict:
     """Every file ``write_outputs`` writes for these arguments, by role (companions of detached headers
     included), so a pre-flight can check them all before the run."""
-    from .preflight import check_name
+    from SodiumDIPLib.data.preflight import check_name
 
     files = {"output": Path(output_path)}
     if bias_field_path is not None:
@@ -336,7 +336,7 @@ def stage_outputs(staging, run: RunOutput, output_path, bias_field_path=None, me
                   summary_extra: Optional[dict] = None) -> dict:
     """Render a result's files (volume, bias field, parameter file, metrics JSON) into ``staging``; nothing
     reaches its destination before ``staging.commit()``. Returns {role: final path}."""
-    from .io import stage_text, stage_volume
+    from SodiumDIPLib.data.io import stage_text, stage_volume
 
     files = output_files(output_path, bias_field_path, metrics_json, params_path)
     check_output_path(files["output"])
@@ -366,7 +366,7 @@ def write_outputs(run: RunOutput, output_path, bias_field_path=None, metrics_jso
                   summary_extra: Optional[dict] = None) -> dict:
     """Write the result (and bias field, metrics JSON, parameter file) all-or-nothing: every file is rendered
     first, then all are moved into place; a failure leaves every destination as it was. Returns the paths."""
-    from .safewrite import Staging
+    from SodiumDIPLib.data.safewrite import Staging
 
     with Staging() as staging:
         paths = stage_outputs(staging, run, output_path, bias_field_path, metrics_json, params_path, summary_extra)

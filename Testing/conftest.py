@@ -25,7 +25,7 @@ def uhf_dir():
 @pytest.fixture
 def oblique_volume():
     """A small 3D volume with anisotropic spacing, a non-trivial origin and an oblique direction."""
-    from SodiumDIPLib.volume import Volume
+    from SodiumDIPLib.data.volume import Volume
 
     rng = np.random.default_rng(1)
     theta = np.deg2rad(20)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from SodiumDIPLib.volume import Volume
+from SodiumDIPLib.data.volume import Volume
 
 
 def snapshot(*folders) -> dict:
@@ -39,7 +39,7 @@ def phantom_arrays(shape=(12, 16, 16), seed=0):
 
 def write_pair(folder: Path, fmt="nii.gz", shape=(12, 16, 16)):
     """sodium.<fmt> and proton.<fmt> on the same 2 mm grid in ``folder``; returns their paths."""
-    from SodiumDIPLib.io import write_volume
+    from SodiumDIPLib.data.io import write_volume
 
     folder.mkdir(parents=True, exist_ok=True)
     sodium, proton = phantom_arrays(shape)
@@ -50,7 +50,7 @@ def write_pair(folder: Path, fmt="nii.gz", shape=(12, 16, 16)):
 
 def run_cli(argv, capfd):
     """(exit code, stdout, stderr) of ``sodiumdip ARGV`` run in this process."""
-    from SodiumDIPLib.cli import main
+    from SodiumDIPLib.apps.cli import main
 
     code = main([str(a) for a in argv])
     out, err = capfd.readouterr()

@@ -219,7 +219,7 @@ class SlicerApp:
             time.sleep(interval)
 
     def add_volume(self, name: str, volume):
-        from SodiumDIPLib import scene as sodium_scene
+        from SodiumDIPLib.apps import scene as sodium_scene
 
         node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
         sodium_scene.update_volume_node(node, volume)

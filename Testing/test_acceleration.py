@@ -2,7 +2,7 @@
 
 import pytest
 
-from SodiumDIPLib.acceleration import format_acceleration_table, run_acceleration_benchmark
+from SodiumDIPLib.apps.acceleration import format_acceleration_table, run_acceleration_benchmark
 from SodiumDIPLib.errors import InputError
 
 
@@ -38,7 +38,7 @@ def test_bad_factors_and_methods():
 def test_benchmark_command_acceleration_mode(tmp_path, capsys):
     import json
 
-    from SodiumDIPLib.cli import main
+    from SodiumDIPLib.apps.cli import main
 
     out = tmp_path / "acc.json"
     code = main(["benchmark", "--acceleration", "2", "--methods", "zero-filled,tv", "--shape", "48x48",

@@ -1,7 +1,7 @@
 """The browser app's logic without a browser: the parameter form (from the engine's declarations) and the
 scene session (files of the data folder only, a real worker run, saving that never overwrites).
 
-Needs slicer-core (test extras) but not trame: ``SodiumDIPLib.app.session`` and ``.parameters`` import no UI.
+Needs slicer-core (test extras) but not trame: ``SodiumDIPLib.apps.web.session`` and ``.parameters`` import no UI.
 """
 
 import time
@@ -16,7 +16,7 @@ pytest.importorskip("slicer", reason="slicer-core (test extras) provides the MRM
 
 @pytest.fixture(scope="module")
 def methods():
-    from SodiumDIPLib.jobs import describe_methods
+    from SodiumDIPLib.apps.jobs import describe_methods
 
     return describe_methods()
 
@@ -24,7 +24,7 @@ def methods():
 # --- parameters ------------------------------------------------------------------------------------------
 
 def test_every_declared_parameter_is_a_field(methods):
-    from SodiumDIPLib.app import parameters
+    from SodiumDIPLib.apps.web import parameters
 
     for name, method in methods.items():
         fields = parameters.form_fields(method)
@@ -35,7 +35,7 @@ def test_every_declared_parameter_is_a_field(methods):
 
 
 def test_overrides_keep_changed_values_converted_and_checked(methods):
-    from SodiumDIPLib.app import parameters
+    from SodiumDIPLib.apps.web import parameters
 
     tv = methods["tv"]
     form = parameters.form_values(tv, "fast")
@@ -55,7 +55,7 @@ def test_overrides_keep_changed_values_converted_and_checked(methods):
 
 
 def test_fields_come_from_the_presets_without_declarations(methods):
-    from SodiumDIPLib.app import parameters
+    from SodiumDIPLib.apps.web import parameters
 
     old = {k: v for k, v in methods["dipfusion"].items() if k != "parameters"}  # an older worker's answer
     fields = {f["name"]: f for f in parameters.form_fields(old)}
@@ -70,9 +70,9 @@ def test_fields_come_from_the_presets_without_declarations(methods):
 def session(tmp_path, methods):
     import slicer
 
-    from SodiumDIPLib.app.session import Session
-    from SodiumDIPLib.io import write_volume
-    from SodiumDIPLib.phantom import make_phantom
+    from SodiumDIPLib.apps.web.session import Session
+    from SodiumDIPLib.data.io import write_volume
+    from SodiumDIPLib.data.phantom import make_phantom
 
     case = make_phantom(shape=(12, 12, 12), seed=2)
     write_volume(case.sodium, tmp_path / "na.nii.gz")
@@ -118,7 +118,7 @@ def test_run_and_save_never_overwrite(session, tmp_path):
     assert [p.rsplit("/", 1)[-1] for p in first] == ["na_1.nii.gz", "na_1_bias_field.nii.gz", "na_1.json"]
     assert [p.rsplit("/", 1)[-1] for p in second] == ["na_2.nii.gz", "na_2_bias_field.nii.gz", "na_2.json"]
     assert (tmp_path / "na.nii.gz").read_bytes() == na_bytes
-    from SodiumDIPLib.io import read_volume
+    from SodiumDIPLib.data.io import read_volume
 
     saved = read_volume(tmp_path / "na_1.nii.gz", "saved")
     assert np.allclose(saved.array, slicer.util.arrayFromVolume(output), atol=1e-5)
@@ -137,7 +137,7 @@ def test_start_names_missing_inputs(session):
 
 
 def test_command_line_errors_exit_2(tmp_path, capsys):
-    from SodiumDIPLib.cli import main
+    from SodiumDIPLib.apps.cli import main
 
     assert main(["app", "--data", str(tmp_path / "missing")]) == 2
     assert "--data" in capsys.readouterr().err

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not instal
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 ROOT = Path(__file__).resolve().parent.parent
-from SodiumDIPLib.app.server import REFIT_DELAYS_S  # noqa: E402  (after the skip: needs trame)
+from SodiumDIPLib.apps.web.server import REFIT_DELAYS_S  # noqa: E402  (after the skip: needs trame)
 START_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 240
 
@@ -44,8 +44,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def data_folder(tmp_path_factory):
     """A data folder with one input file the picker must list and the app must never overwrite."""
-    from SodiumDIPLib.io import write_volume
-    from SodiumDIPLib.phantom import make_phantom
+    from SodiumDIPLib.data.io import write_volume
+    from SodiumDIPLib.data.phantom import make_phantom
 
     folder = tmp_path_factory.mktemp("appdata")
     case = make_phantom(shape=(16, 16, 16), seed=3)
@@ -304,7 +304,7 @@ def test_compare_runs_side_by_side(page):
 
 
 def test_save_writes_new_files_and_never_an_input(page, data_folder):
-    from SodiumDIPLib.io import read_volume
+    from SodiumDIPLib.data.io import read_volume
 
     original = (data_folder / "sodium16.nrrd").read_bytes()
     page.fill("#save-name", "sodium16")  # the name of an input: must not be overwritten

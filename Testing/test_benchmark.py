@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from SodiumDIPLib import benchmark
+from SodiumDIPLib.apps import benchmark
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "uhf23na"
 TINY = dict(channels="4,8", skip_channels="2,2", input_channels=2, iterations=4, precision="fp32")
@@ -64,7 +64,7 @@ def test_bad_shape_is_an_input_error():
 
 
 def test_benchmark_writes_a_report(tmp_path, capsys):
-    from SodiumDIPLib.cli import main
+    from SodiumDIPLib.apps.cli import main
 
     code = main(["benchmark", "--methods", "tv,dtv", "--shape", "32x32", "--device", "cpu", "--quiet",
                  "--report", str(tmp_path / "rep")])

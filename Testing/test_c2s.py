@@ -121,7 +121,7 @@ def test_cancelled_training_returns_the_best_model_so_far():
 
 
 def test_noise_floor_removal_inverts_the_expected_magnitude():
-    from SodiumDIPLib.fidelity import expected_magnitude
+    from SodiumDIPLib.dip.fidelity import expected_magnitude
 
     x = torch.linspace(0.05, 2.0, 50)
     for channels in (1, 8):
@@ -130,7 +130,7 @@ def test_noise_floor_removal_inverts_the_expected_magnitude():
 
 
 def _phantom_problem(shape=(24, 24, 24), seed=0):
-    from SodiumDIPLib.benchmark import phantom_case
+    from SodiumDIPLib.apps.benchmark import phantom_case
 
     case, problem, scale = phantom_case(shape, seed)
     return case, problem, scale

@@ -10,7 +10,7 @@ from SodiumDIPLib.errors import InputError
 from SodiumDIPLib.methods import Problem, RunContext, get_method, list_methods
 from SodiumDIPLib.physics.base import Identity
 from SodiumDIPLib.physics.cartesian import MultiCoilCartesian
-from SodiumDIPLib.solvers import operator_norm, pdhg_tv, tv_objective
+from SodiumDIPLib.solvers.pdhg import operator_norm, pdhg_tv, tv_objective
 
 
 def _blocks(n=32, lesion=True):
@@ -127,7 +127,7 @@ def test_tv_and_dtv_raise_psnr_and_dtv_beats_tv():
 
 
 def test_dtv_on_head_phantom_beats_tv_and_n4_removes_the_bias():
-    from SodiumDIPLib.phantom import make_phantom
+    from SodiumDIPLib.data.phantom import make_phantom
     from SodiumDIPLib.pipeline import prepare_denoising
 
     case = make_phantom("head", seed=0, shape=(32, 32, 32))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SodiumDIPLib.cli import main
-from SodiumDIPLib.io import read_volume, write_volume
-from SodiumDIPLib.volume import Volume
+from SodiumDIPLib.apps.cli import main
+from SodiumDIPLib.data.io import read_volume, write_volume
+from SodiumDIPLib.data.volume import Volume
 
 
 def digest(path: Path) -> str:

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from SodiumDIPLib.coils import (centre_snr, combination_weights, combine_coils, estimate_sensitivities,
+from SodiumDIPLib.physics.coils import (centre_snr, combination_weights, combine_coils, estimate_sensitivities,
                                 noise_covariance_from_background, sum_of_squares, walsh_combine)
 from SodiumDIPLib.errors import InputError
 from SodiumDIPLib.physics.cartesian import ifftc_np
 from SodiumDIPLib.physics.simulate import coil_sensitivities
-from SodiumDIPLib.support import head_mask
+from SodiumDIPLib.data.support import head_mask
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multicoil"
 

@@ -6,8 +6,8 @@ import torch
 
 from SodiumDIPLib.errors import InputError
 from SodiumDIPLib.methods import RunContext, get_method
-from SodiumDIPLib.metrics import lesion_crc, psnr
-from SodiumDIPLib.phantom import make_phantom
+from SodiumDIPLib.metrics.quality import lesion_crc, psnr
+from SodiumDIPLib.data.phantom import make_phantom
 from SodiumDIPLib.physics.base import LinearOperator
 from SodiumDIPLib.pipeline import prepare_denoising
 

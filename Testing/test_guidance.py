@@ -1,11 +1,11 @@
-"""Finite differences, direction fields, their fusion and the directional-TV prior (SodiumDIPLib.guidance)."""
+"""Finite differences, direction fields, their fusion and the directional-TV prior (SodiumDIPLib.priors.guidance)."""
 
 
 import numpy as np
 import pytest
 import torch
 
-from SodiumDIPLib import guidance as G
+from SodiumDIPLib.priors import guidance as G
 from SodiumDIPLib.errors import InputError
 
 

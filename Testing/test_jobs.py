@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from SodiumDIPLib.jobs import Event, Job, JobController, wait_for
-from SodiumDIPLib.worker import EXIT_CANCELLED
+from SodiumDIPLib.apps.jobs import Event, Job, JobController, wait_for
+from SodiumDIPLib.apps.worker import EXIT_CANCELLED
 
 from test_worker import small_case, write_plugin
 
@@ -247,7 +247,7 @@ def test_kill_process_tree_kills_every_descendant(tmp_path):
     import subprocess
     import sys
 
-    from SodiumDIPLib.jobs import kill_process_tree
+    from SodiumDIPLib.apps.jobs import kill_process_tree
 
     pidfile = tmp_path / "grandchild.pid"
     code = ("import subprocess, sys, time; "
@@ -283,7 +283,7 @@ def test_a_failed_runs_worker_log_is_kept(case, tmp_path):
 
 
 def test_describe_job_does_not_block(tmp_path):
-    from SodiumDIPLib.jobs import DescribeJob
+    from SodiumDIPLib.apps.jobs import DescribeJob
 
     t0 = time.monotonic()
     query = DescribeJob()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.kspace import kspace_problem, undersample_case
+from SodiumDIPLib.physics.kspace import kspace_problem, undersample_case
 from SodiumDIPLib.methods import RunContext, get_method
 from SodiumDIPLib.methods.base import Problem
 from SodiumDIPLib.physics.base import Identity

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from SodiumDIPLib.kspace import kspace_problem, undersample_case
+from SodiumDIPLib.physics.kspace import kspace_problem, undersample_case
 
 
 @pytest.fixture(scope="module")
 def accelerated():
-    from SodiumDIPLib.phantom import make_phantom
+    from SodiumDIPLib.data.phantom import make_phantom
     from SodiumDIPLib.physics.simulate import phantom_kspace
 
     case = make_phantom(kind="head", seed=0, shape=(24, 24, 24))

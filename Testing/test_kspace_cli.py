@@ -9,12 +9,12 @@ import SimpleITK as sitk
 import torch
 
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.kspace import estimate_noise_sigma_kspace, kspace_problem, undersample_case
+from SodiumDIPLib.physics.kspace import estimate_noise_sigma_kspace, kspace_problem, undersample_case
 from SodiumDIPLib.methods import RunContext, get_method
 from SodiumDIPLib.physics.base import Identity
 from SodiumDIPLib.physics.radial import radial_trajectory
 from SodiumDIPLib.physics.simulate import simulate_kspace
-from SodiumDIPLib.rawio import write_ismrmrd
+from SodiumDIPLib.physics.rawio import write_ismrmrd
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multicoil"
 
@@ -37,7 +37,7 @@ def rel_err(a, b):
 @pytest.fixture(scope="module")
 def phantom_image():
     """The built-in head phantom's sodium truth times its receive bias, a small 3D grid."""
-    from SodiumDIPLib.phantom import make_phantom
+    from SodiumDIPLib.data.phantom import make_phantom
 
     return make_phantom(kind="head", seed=0, shape=(24, 24, 24))
 
@@ -142,7 +142,7 @@ def test_kspace_problem_bad_input():
 
 
 def test_cli_undersample_and_reconstruct_real_data(tmp_path, capsys):
-    from SodiumDIPLib.cli import main
+    from SodiumDIPLib.apps.cli import main
 
     case = tmp_path / "case"
     assert main(["undersample", "--input", str(DATA / "phantom_32ch_64.npz"), "--out", str(case),
@@ -166,7 +166,7 @@ def test_cli_undersample_and_reconstruct_real_data(tmp_path, capsys):
 
 
 def test_cli_ismrmrd_and_bad_input(tmp_path, capsys):
-    from SodiumDIPLib.cli import main
+    from SodiumDIPLib.apps.cli import main
 
     x = smooth_object((32, 32))
     sim = simulate_kspace(x, n_coils=3, noise_sigma=0.002, seed=0)
@@ -203,8 +203,8 @@ def test_cli_ismrmrd_and_bad_input(tmp_path, capsys):
 
 
 def test_cli_radial_case(tmp_path):
-    from SodiumDIPLib.cli import main
-    from SodiumDIPLib.rawio import RawData, read_raw, write_raw_npz
+    from SodiumDIPLib.apps.cli import main
+    from SodiumDIPLib.physics.rawio import RawData, read_raw, write_raw_npz
 
     x = smooth_object((32, 32))
     traj = radial_trajectory(x.shape, n_spokes=64)

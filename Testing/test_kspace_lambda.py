@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from SodiumDIPLib.kspace import kspace_problem, undersample_case
+from SodiumDIPLib.physics.kspace import kspace_problem, undersample_case
 from SodiumDIPLib.methods import RunContext, get_method
 from SodiumDIPLib.physics.simulate import simulate_kspace
 

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from SodiumDIPLib.kspace import kspace_problem
+from SodiumDIPLib.physics.kspace import kspace_problem
 from SodiumDIPLib.methods import RunContext, get_method
-from SodiumDIPLib.methods.tv import DensityWeighted, density_weights
+from SodiumDIPLib.physics.density import DensityWeighted, density_weights
 from SodiumDIPLib.physics.radial import radial_trajectory
 from SodiumDIPLib.physics.simulate import simulate_kspace
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from SodiumDIPLib import lpips as lp
+from SodiumDIPLib.metrics import lpips as lp
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.metrics import (background_sigma, compute_metrics, format_metrics_table, fsim, laplacian_focus,
+from SodiumDIPLib.metrics.quality import (background_sigma, compute_metrics, format_metrics_table, fsim, laplacian_focus,
                                   lesion_crc, mse, nrmse, proton_leakage, psnr, ssim, tissue_snr)
-from SodiumDIPLib.phantom import make_phantom
+from SodiumDIPLib.data.phantom import make_phantom
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,7 @@ def test_node_selectors_get_the_scene(ui_widgets):
 def test_advanced_fields_hold_no_copy_of_the_engine_values(module_tree, ui_widgets):
     """Defaults and ranges of the Advanced fields come from the engine (presets + SodiumDIPLib.params via
     worker --describe): the parameter node declares none, and the .ui sets no range on their widgets."""
-    from SodiumDIPLib.scene import PANEL_PARAMETERS
+    from SodiumDIPLib.apps.scene import PANEL_PARAMETERS
 
     widgets, _ = ui_widgets
     fields = parameter_fields(module_tree)
@@ -157,7 +157,7 @@ def test_panel_only_spin_boxes_match_their_validators(module_tree, ui_widgets):
 
 def test_panel_choices_and_advanced_fields_exist_in_the_engine(module_tree):
     from SodiumDIPLib.methods import list_methods
-    from SodiumDIPLib.scene import PANEL_PARAMETERS
+    from SodiumDIPLib.apps.scene import PANEL_PARAMETERS
 
     fields = parameter_fields(module_tree)
     methods = {m.name: m for m in list_methods()}
@@ -172,7 +172,7 @@ def test_panel_choices_and_advanced_fields_exist_in_the_engine(module_tree):
     # the preset's own values fit the panel's validators (else the panel could not show them)
     for m in methods.values():
         for preset in m.presets.values():
-            from SodiumDIPLib.scene import panel_values
+            from SodiumDIPLib.apps.scene import panel_values
 
             for field, value in panel_values(preset).items():
                 annotation = fields[field][0]
@@ -214,7 +214,7 @@ def engine_import_closure() -> set:
             out |= {f"{modname}.{f.stem}" for f in path.parent.glob("*.py") if f.name != "__init__.py"}
         return {m for m in out if m and m.split(".")[0] == "SodiumDIPLib"}
 
-    todo = imports_of(MODULE, "SodiumDIP") | {"SodiumDIPLib.worker"}
+    todo = imports_of(MODULE, "SodiumDIP") | {"SodiumDIPLib.apps.worker"}
     seen = {}
     while todo:
         mod = todo.pop()
@@ -238,7 +238,7 @@ def test_cmake_ships_every_engine_file_the_module_imports():
     text = MODULE_CMAKE.read_text()
     listed = cmake_list(text, "ENGINE_PYTHON_SCRIPTS")
     needed = engine_import_closure()
-    assert {"SodiumDIPLib/worker.py", "SodiumDIPLib/pipeline.py", "SodiumDIPLib/scene.py"} <= needed
+    assert {"SodiumDIPLib/apps/worker.py", "SodiumDIPLib/pipeline.py", "SodiumDIPLib/apps/scene.py"} <= needed
     missing = sorted(needed - set(listed))
     assert not missing, f"SodiumDIP/CMakeLists.txt does not ship: {missing}"
     for f in listed:
@@ -299,7 +299,7 @@ def test_sample_data_checksums_match_the_public_files(uhf_dir, module_tree):
 
 def test_gui_side_never_imports_torch():
     """Slicer's process loads SodiumDIP.py's engine imports; torch must only load in the worker."""
-    code = ("import sys; import SodiumDIPLib.scene, SodiumDIPLib.jobs, SodiumDIPLib.params; "
+    code = ("import sys; import SodiumDIPLib.apps.scene, SodiumDIPLib.apps.jobs, SodiumDIPLib.params; "
             "print('torch' in sys.modules, 'SodiumDIPLib.pipeline' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr

@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy.special import ive
 
-from SodiumDIPLib import fidelity as fid
-from SodiumDIPLib.bias import BiasField, legendre_basis
+from SodiumDIPLib.dip import fidelity as fid
+from SodiumDIPLib.physics.bias import BiasField, legendre_basis
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.networks import DIPNet, NetConfig, count_parameters, original_dip_config
+from SodiumDIPLib.dip.networks import DIPNet, NetConfig, count_parameters, original_dip_config
 
 
 @pytest.mark.parametrize("shape", [(38, 38, 38), (13, 21), (9, 16, 11)])
@@ -148,7 +148,7 @@ def test_bias_start_field_is_rescaled_to_mean_log_zero_and_refined():
 def test_tissue_classes_separate_a_proton_intensity_shared_by_two_sodium_levels():
     """One proton intensity, two sodium levels (the phantom's dark CSF and dark skull): with sodium classes the
     regression finds the smooth bias; from the proton intensity alone it cannot."""
-    from SodiumDIPLib.bias import proton_regression_init
+    from SodiumDIPLib.physics.bias import proton_regression_init
 
     rng = np.random.default_rng(0)
     shape = (24, 24, 24)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from SodiumDIPLib.methods.tv import DensityWeighted
+from SodiumDIPLib.physics.density import DensityWeighted
 from SodiumDIPLib.physics.base import Compose, Diag, Identity
 from SodiumDIPLib.physics.cartesian import CentredFFT, CoilSensitivities, MultiCoilCartesian, fftc
 from SodiumDIPLib.physics.differences import DirectionalProjection, FiniteDifference
 from SodiumDIPLib.physics.radial import RadialNUFFT, radial_trajectory
-from SodiumDIPLib.sampling import cartesian_mask
+from SodiumDIPLib.physics.sampling import cartesian_mask
 
 
 def crandn(shape, seed=0):

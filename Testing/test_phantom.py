@@ -9,8 +9,8 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.metrics import background_sigma
-from SodiumDIPLib.phantom import HEAD_TSC, make_phantom, write_case
+from SodiumDIPLib.metrics.quality import background_sigma
+from SodiumDIPLib.data.phantom import HEAD_TSC, make_phantom, write_case
 
 SMALL = (32, 32, 32)
 

@@ -9,7 +9,7 @@ from SodiumDIPLib.physics.cartesian import MultiCoilCartesian, fftc_np, ifftc_np
 from SodiumDIPLib.physics.radial import (BACKENDS, RadialNUFFT, _readout_radii, density_compensation, nudft,
                                          radial_trajectory, spoke_directions_3d)
 from SodiumDIPLib.physics.simulate import coil_sensitivities, simulate_kspace
-from SodiumDIPLib.sampling import cartesian_mask
+from SodiumDIPLib.physics.sampling import cartesian_mask
 
 RNG = np.random.default_rng(0)
 

@@ -10,15 +10,15 @@ import torch
 
 from SodiumDIPLib import pipeline
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.io import read_volume
+from SodiumDIPLib.data.io import read_volume
 from SodiumDIPLib.pipeline import (denoise_volumes, load_params_file, prepare_denoising, resolve_device,
                                    write_outputs)
-from SodiumDIPLib.volume import Volume
+from SodiumDIPLib.data.volume import Volume
 
 
 @pytest.fixture(scope="module")
 def small_case():
-    from SodiumDIPLib.phantom import make_phantom
+    from SodiumDIPLib.data.phantom import make_phantom
 
     return make_phantom(kind="head", seed=0, shape=(24, 24, 24))
 
@@ -52,7 +52,7 @@ def test_denoise_keeps_geometry_reports_progress_and_metrics(small_case):
 
 
 def pipeline_input_psnr(case):
-    from SodiumDIPLib.metrics import psnr
+    from SodiumDIPLib.metrics.quality import psnr
 
     return psnr(case.sodium.array, case.sodium_truth.array, mask=case.brain.array > 0)
 
@@ -72,7 +72,7 @@ def test_single_slice_input(small_case):
 def test_write_outputs_is_all_or_nothing(tmp_path, small_case, monkeypatch):
     """A failure while the files are being rendered (the last one, the metrics JSON) leaves nothing new and the
     previous result at the destination untouched."""
-    from SodiumDIPLib import safewrite
+    from SodiumDIPLib.data import safewrite
 
     run = denoise_volumes(small_case.sodium, small_case.proton, method="tv", preset="fast")
     (tmp_path / "out.nrrd").write_bytes(b"previous result")

@@ -39,7 +39,7 @@ def test_cartesian_data_step_solves_its_normal_equations(rho):
 
 def test_radial_data_step_solves_its_normal_equations():
     pytest.importorskip("finufft")
-    from SodiumDIPLib.methods.tv import density_weighted
+    from SodiumDIPLib.physics.density import density_weighted
     from SodiumDIPLib.physics.radial import RadialNUFFT, radial_trajectory
 
     shape = (24, 24)
@@ -86,8 +86,8 @@ def test_shipped_prior_is_small_and_loads_weights_only():
 
 
 def _kspace_case(shape=(24, 24, 24), R=4.0, seed=0):
-    from SodiumDIPLib.kspace import kspace_problem, undersample_case
-    from SodiumDIPLib.phantom import make_phantom
+    from SodiumDIPLib.physics.kspace import kspace_problem, undersample_case
+    from SodiumDIPLib.data.phantom import make_phantom
     from SodiumDIPLib.physics.simulate import phantom_kspace
 
     case = make_phantom("head", seed=seed, shape=shape)

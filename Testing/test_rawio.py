@@ -7,8 +7,8 @@ import pytest
 
 from SodiumDIPLib.errors import InputError
 from SodiumDIPLib.physics.radial import radial_trajectory
-from SodiumDIPLib.rawio import RawData, read_raw, write_ismrmrd, write_raw_npz
-from SodiumDIPLib.sampling import cartesian_mask
+from SodiumDIPLib.physics.rawio import RawData, read_raw, write_ismrmrd, write_raw_npz
+from SodiumDIPLib.physics.sampling import cartesian_mask
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multicoil"
 RNG = np.random.default_rng(0)

@@ -14,17 +14,17 @@ from matplotlib.image import imread
 
 from SodiumDIPLib import __version__
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.volume import Volume, ijk_to_ras_matrix, lps_to_ras
-from SodiumDIPLib.report import (bias_figure, curves_figure, field_figure, make_report, metrics_table_figure,
+from SodiumDIPLib.data.volume import Volume, ijk_to_ras_matrix, lps_to_ras
+from SodiumDIPLib.apps.report import (bias_figure, curves_figure, field_figure, make_report, metrics_table_figure,
                                  montage_figure, panel_boxes, pilot_figure)
-from SodiumDIPLib.report.content import gather
-from SodiumDIPLib.report.views import plane_view, point_to_index, vector_to_ras_colour
+from SodiumDIPLib.apps.report.content import gather
+from SodiumDIPLib.apps.report.views import plane_view, point_to_index, vector_to_ras_colour
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def case():
-    from SodiumDIPLib.phantom import make_phantom
+    from SodiumDIPLib.data.phantom import make_phantom
 
     return make_phantom(kind="head", seed=0, shape=(24, 24, 24))
 
@@ -187,7 +187,7 @@ def test_report_contains_every_part(report, runs, case):
             shown = value if isinstance(value, str) else json.dumps(value)
             assert f"<td>{shown}</td>" in table.replace("&#x27;", "'").replace("&quot;", '"'), key
     # the metric table holds each run's numbers (same 4-digit rounding)
-    from SodiumDIPLib.report.figures import format_value
+    from SodiumDIPLib.apps.report.figures import format_value
 
     table = re.search(r'<table id="metrics-table".*?</table>', page, re.S).group(0)
     for run in runs:
@@ -273,8 +273,8 @@ def test_anisotropic_voxels_keep_their_physical_aspect():
 
 def test_windows_do_not_saturate_the_lesion(runs, case):
     """One grey window per row from the reference, wide enough that the lesion keeps its contrast."""
-    from SodiumDIPLib.report.figures import row_windows
-    from SodiumDIPLib.report.html import viewer_windows
+    from SodiumDIPLib.apps.report.figures import row_windows
+    from SodiumDIPLib.apps.report.html import viewer_windows
 
     content = gather(runs)
     ref = case.sodium_truth.array
@@ -288,7 +288,7 @@ def test_windows_do_not_saturate_the_lesion(runs, case):
 def test_viewer_subsamples_volumes_too_big_to_embed(runs):
     import base64
 
-    from SodiumDIPLib.report.html import viewer_payload
+    from SodiumDIPLib.apps.report.html import viewer_payload
 
     content = gather(runs)
     full = viewer_payload(content)
@@ -345,7 +345,7 @@ def test_guide_field_direction_drawn_in_colour(case, runs):
     """A method that returns its fused direction field gets a colour panel whose hue follows the edges."""
     import copy
 
-    from SodiumDIPLib.guidance import direction_field
+    from SodiumDIPLib.priors.guidance import direction_field
 
     run = copy.copy(runs[0])
     proton = run.inputs["proton_on_grid"].array
@@ -359,7 +359,7 @@ def test_guide_field_direction_drawn_in_colour(case, runs):
 
 
 def test_single_slice_report(tmp_path):
-    from SodiumDIPLib.phantom import make_phantom
+    from SodiumDIPLib.data.phantom import make_phantom
     from SodiumDIPLib.pipeline import denoise_volumes
 
     c = make_phantom(kind="head", seed=1, shape=(24, 24))
@@ -376,7 +376,7 @@ def _digest(folder: Path) -> dict:
 
 
 def test_failure_leaves_no_half_written_report(runs, tmp_path, monkeypatch):
-    import SodiumDIPLib.report as report_pkg
+    import SodiumDIPLib.apps.report as report_pkg
 
     def broken(*a, **k):
         raise RuntimeError("simulated failure while drawing")
@@ -421,8 +421,8 @@ def test_bad_report_arguments(runs, tmp_path):
 
 # -------------------------------------------------------------------------------------- sodiumdip compare
 def test_compare_command_writes_one_report(tmp_path, capsys):
-    from SodiumDIPLib.cli import main
-    from SodiumDIPLib.phantom import make_phantom, write_case
+    from SodiumDIPLib.apps.cli import main
+    from SodiumDIPLib.data.phantom import make_phantom, write_case
 
     files = write_case(make_phantom(kind="head", seed=2, shape=(16, 16, 16)), tmp_path / "case")
     args = ["compare", "--sodium", files["sodium"], "--proton", files["proton"], "--methods", "tv,dtv",

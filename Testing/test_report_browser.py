@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not instal
 
 def _ras_storage(vol):
     """The same physical volume with its i and j axes reversed in storage (direction diag(-1, -1, 1) in LPS)."""
-    from SodiumDIPLib.volume import Volume
+    from SodiumDIPLib.data.volume import Volume
 
     cols = vol.direction * np.asarray(vol.spacing)
     n = vol.size_ijk
@@ -37,9 +37,9 @@ def _ras_storage(vol):
 
 @pytest.fixture(scope="module")
 def report_html(tmp_path_factory):
-    from SodiumDIPLib.phantom import make_phantom
+    from SodiumDIPLib.data.phantom import make_phantom
     from SodiumDIPLib.pipeline import denoise_volumes
-    from SodiumDIPLib.report import make_report
+    from SodiumDIPLib.apps.report import make_report
 
     case = make_phantom(kind="head", seed=0, shape=(20, 20, 20))
     # stored the NIfTI way (i towards Right, j towards Anterior), so the page has to flip both screen axes
@@ -77,7 +77,7 @@ def _payload(html_path: Path) -> dict:
 
 def _expected_slice(payload: dict, key: str, plane: str, index: int) -> np.ndarray:
     """What the page should show, cut in Python by the same layout (views.PlaneView) from the embedded data."""
-    from SodiumDIPLib.report.views import PlaneView
+    from SodiumDIPLib.apps.report.views import PlaneView
 
     panel = next(p for p in payload["panels"] if p["key"] == key)
     ni, nj, nk = payload["size"]

@@ -91,7 +91,7 @@ def test_empty_ismrmrd_file_is_refused_and_left_empty(tmp_path, capfd):
 
 def test_ismrmrd_is_opened_read_only(tmp_path):
     ismrmrd = pytest.importorskip("ismrmrd")
-    from SodiumDIPLib.rawio import _open_ismrmrd_read_only, read_raw, write_ismrmrd
+    from SodiumDIPLib.physics.rawio import _open_ismrmrd_read_only, read_raw, write_ismrmrd
 
     path = write_ismrmrd(tmp_path / "raw.h5", _kspace())
     path.chmod(0o444)

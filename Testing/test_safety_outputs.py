@@ -119,7 +119,7 @@ def test_unwritable_metrics_json_keeps_the_previous_result(case, capfd):
 def test_a_failed_commit_restores_every_destination(tmp_path, monkeypatch):
     """All-or-nothing at the last step: when a move fails part-way, earlier destinations get their previous
     content back and no new file is left."""
-    from SodiumDIPLib import safewrite
+    from SodiumDIPLib.data import safewrite
 
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     first.write_text("old a")

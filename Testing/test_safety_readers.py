@@ -166,7 +166,7 @@ def test_dicom_series_with_a_missing_slice_is_refused(tmp_path, capfd):
 
 
 def test_even_dicom_series_is_read(tmp_path, capfd):
-    from SodiumDIPLib.io import read_volume
+    from SodiumDIPLib.data.io import read_volume
 
     folder = tmp_path / "in" / "dicom"
     _dicom_series(folder, [0, 2, 4, 6, 8, 10])
@@ -177,8 +177,8 @@ def test_even_dicom_series_is_read(tmp_path, capfd):
 
 def test_good_files_are_read_in_every_format(tmp_path):
     """The checks refuse only what is wrong: the same volume is read back from every writable format."""
-    from SodiumDIPLib.io import read_volume, write_volume
-    from SodiumDIPLib.volume import Volume
+    from SodiumDIPLib.data.io import read_volume, write_volume
+    from SodiumDIPLib.data.volume import Volume
 
     sodium, _ = phantom_arrays()
     theta = np.deg2rad(25)

@@ -11,7 +11,7 @@ from safety_helpers import run_cli, write_pair
 
 def _run(method, history):
     from SodiumDIPLib.pipeline import RunOutput
-    from SodiumDIPLib.volume import Volume
+    from SodiumDIPLib.data.volume import Volume
 
     vol = Volume(np.ones((8, 8, 8), np.float32))
     return RunOutput(output=vol, bias_field=None, metrics={"psnr": 1.0}, method=method, preset="fast", params={},
@@ -20,7 +20,7 @@ def _run(method, history):
 
 
 def test_curves_figure_with_and_without_history():
-    from SodiumDIPLib.report.figures import curves_figure
+    from SodiumDIPLib.apps.report.figures import curves_figure
 
     runs = [_run("tv", [{"iteration": i, "loss": 1.0 / (i + 1)} for i in range(4)]), _run("bm4d", [])]
     fig = curves_figure(runs)

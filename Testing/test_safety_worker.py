@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _run_worker(job_path: Path):
     env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    res = subprocess.run([sys.executable, "-m", "SodiumDIPLib.worker", str(job_path)], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "SodiumDIPLib.apps.worker", str(job_path)], capture_output=True,
                          text=True, timeout=300, env=env, cwd=job_path.parent)
     events = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
     return res.returncode, events, res.stderr

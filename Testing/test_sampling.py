@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.kspace import calibration_size
-from SodiumDIPLib.sampling import cartesian_mask, mask_acceleration, radial_spoke_subset
+from SodiumDIPLib.physics.kspace import calibration_size
+from SodiumDIPLib.physics.sampling import cartesian_mask, mask_acceleration, radial_spoke_subset
 
 
 @pytest.mark.parametrize("shape", [(96, 64), (32, 40, 24)])
@@ -27,7 +27,7 @@ def test_cartesian_mask_acceleration_and_centre(shape, r):
 
 
 def test_density_power_default_and_explicit():
-    from SodiumDIPLib.sampling import default_density_power
+    from SodiumDIPLib.physics.sampling import default_density_power
 
     powers = [default_density_power(r) for r in (1, 2, 4, 6, 8, 16)]
     assert powers[:3] == [1.0, 1.0, 1.0] and powers[4] == 2.0 and powers == sorted(powers)

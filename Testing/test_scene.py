@@ -16,10 +16,10 @@ import SimpleITK as sitk
 import slicer  # slicer-core: real MRML without the application  # noqa: E402
 import vtk  # noqa: E402
 
-from SodiumDIPLib import scene as sc  # noqa: E402
+from SodiumDIPLib.apps import scene as sc  # noqa: E402
 from SodiumDIPLib.errors import InputError  # noqa: E402
-from SodiumDIPLib.io import read_volume  # noqa: E402
-from SodiumDIPLib.volume import Volume, from_sitk, ijk_to_ras_matrix  # noqa: E402
+from SodiumDIPLib.data.io import read_volume  # noqa: E402
+from SodiumDIPLib.data.volume import Volume, from_sitk, ijk_to_ras_matrix  # noqa: E402
 
 from test_worker import write_plugin  # noqa: E402
 
@@ -178,7 +178,7 @@ def test_failed_run_leaves_scene_unchanged(scene, tmp_path, monkeypatch):
         assert saw_preview, "snapshots were shown live while the run went on"
         assert run.state == "failed" and "boom at iteration 30" in run.error
         # the worker's side: one error event (no result), exit code 1, the traceback in its log only
-        from SodiumDIPLib.worker import EXIT_INTERNAL
+        from SodiumDIPLib.apps.worker import EXIT_INTERNAL
 
         kinds = [e.kind for e in run.job.history]
         assert kinds[0] == "started" and kinds[-2:] == ["error", "exit"] and "result" not in kinds

@@ -32,7 +32,7 @@ def app(request):
 
 
 def _volumes(app, shape=(10, 12, 14)):
-    from SodiumDIPLib.volume import Volume
+    from SodiumDIPLib.data.volume import Volume
 
     rng = np.random.default_rng(0)
     truth = np.zeros(shape, np.float32)

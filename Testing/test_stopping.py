@@ -1,11 +1,11 @@
-"""Stopping rules on synthetic optimisation trajectories (SodiumDIPLib.stopping)."""
+"""Stopping rules on synthetic optimisation trajectories (SodiumDIPLib.dip.stopping)."""
 
 import numpy as np
 import pytest
 import torch
 
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.stopping import Discrepancy, FixedIterations, RunningVariance, make_rule
+from SodiumDIPLib.dip.stopping import Discrepancy, FixedIterations, RunningVariance, make_rule
 
 
 def _dip_like_trajectory(n_iter=600, k=200, shape=(8, 8, 8), seed=0):

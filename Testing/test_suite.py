@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy.special import gammaln
 
-from SodiumDIPLib import atlas, suite
+from SodiumDIPLib.data import atlas
+from SodiumDIPLib.apps import suite
 from SodiumDIPLib.errors import InputError
 
 TINY = dict(channels="4,8", skip_channels="2,2", input_channels=2, iterations=20, precision="fp32")

@@ -5,10 +5,10 @@ import pytest
 import SimpleITK as sitk
 
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.io import read_volume, write_volume
-from SodiumDIPLib.resample import overlap_fraction, resample_to_grid
-from SodiumDIPLib.support import estimate_noise_sigma, head_mask
-from SodiumDIPLib.volume import (Volume, from_sitk, geometry_from_ijk_to_ras, ijk_to_ras_matrix, lps_to_ras,
+from SodiumDIPLib.data.io import read_volume, write_volume
+from SodiumDIPLib.data.resample import overlap_fraction, resample_to_grid
+from SodiumDIPLib.data.support import estimate_noise_sigma, head_mask
+from SodiumDIPLib.data.volume import (Volume, from_sitk, geometry_from_ijk_to_ras, ijk_to_ras_matrix, lps_to_ras,
                                  to_sitk, to_vtk_matrix, volume_from_ijk_to_ras)
 
 

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SodiumDIPLib.volume import Volume, from_sitk, ijk_to_ras_matrix, to_sitk
-from SodiumDIPLib import worker
-from SodiumDIPLib.worker import EXIT_BAD_JOB, EXIT_CANCELLED, EXIT_OK, extract_slice
+from SodiumDIPLib.data.volume import Volume, from_sitk, ijk_to_ras_matrix, to_sitk
+from SodiumDIPLib.apps import worker
+from SodiumDIPLib.apps.worker import EXIT_BAD_JOB, EXIT_CANCELLED, EXIT_OK, extract_slice
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def run_worker(job: dict, folder: Path, timeout: float = 60.0):
     path = Path(folder) / "job.json"
     path.write_text(json.dumps(job))
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "SodiumDIPLib.worker", str(path)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "SodiumDIPLib.apps.worker", str(path)], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=folder)
     events = [json.loads(line) for line in proc.stdout.splitlines()]  # every stdout line must be JSON
     return proc.returncode, events, proc.stderr
@@ -112,7 +112,7 @@ def test_real_method_events_in_order_and_snapshots_readable(case, tmp_path):
            "output_dir": str(tmp_path / "out"), "snapshot_interval_s": 1e-6, "seed": 3}
     path = tmp_path / "job.json"
     path.write_text(json.dumps(job))
-    proc = subprocess.Popen([sys.executable, "-m", "SodiumDIPLib.worker", str(path)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "SodiumDIPLib.apps.worker", str(path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     events, read_snapshots = [], 0
     for line in proc.stdout:  # read snapshots while the worker runs, as the GUI does
@@ -153,7 +153,7 @@ def test_sigterm_keeps_best_result_within_two_seconds(case, tmp_path):
            "output_dir": str(tmp_path / "out"), "snapshot_interval_s": 0}
     path = tmp_path / "job.json"
     path.write_text(json.dumps(job))
-    proc = subprocess.Popen([sys.executable, "-m", "SodiumDIPLib.worker", str(path)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "SodiumDIPLib.apps.worker", str(path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     events = []
     for line in proc.stdout:
@@ -186,7 +186,7 @@ def test_sigterm_keeps_best_result_within_two_seconds(case, tmp_path):
 def test_bad_job_file_exits_2_with_one_error(tmp_path, job, needle):
     path = tmp_path / "job.json"
     path.write_text(job if isinstance(job, str) else json.dumps(job))
-    proc = subprocess.run([sys.executable, "-m", "SodiumDIPLib.worker", str(path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "SodiumDIPLib.apps.worker", str(path)], capture_output=True, text=True,
                           timeout=30, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == EXIT_BAD_JOB
     events = [json.loads(line) for line in proc.stdout.splitlines()]

@@ -31,8 +31,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..errors import Cancelled, InputError
-from .network import Denoiser, DenoiserConfig
+from SodiumDIPLib.errors import Cancelled, InputError
+from SodiumDIPLib.learned.network import Denoiser, DenoiserConfig
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import InputError
+from SodiumDIPLib.errors import InputError
 
 FORMAT = "sodiumdip-denoiser-1"
 
@@ -149,7 +149,7 @@ def load_model(path, device="cpu") -> tuple:
 
 def noise_floor_free(m: torch.Tensor, sigma: float, n_channels: int = 1) -> torch.Tensor:
     """Signal under a magnitude's noise floor: invert E[y|x] ~ sqrt(x^2 + c sigma^2) (fidelity.expected_magnitude)."""
-    from ..fidelity import floor_constant
+    from SodiumDIPLib.dip.fidelity import floor_constant
 
     c = floor_constant(n_channels)
     return torch.sqrt(torch.clamp(m * m - c * sigma * sigma, min=0.0))

@@ -33,9 +33,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import InputError
-from .gdsm import SliceSampler, TrainingVolume
-from .network import Denoiser, DenoiserConfig, load_model, parameter_count, save_model
+from SodiumDIPLib.errors import InputError
+from SodiumDIPLib.learned.gdsm import SliceSampler, TrainingVolume
+from SodiumDIPLib.learned.network import Denoiser, DenoiserConfig, load_model, parameter_count, save_model
 
 TEMPLATE_NAME = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 SHIPPED = Path(__file__).with_name("weights") / "prior_t1.pt"

@@ -7,7 +7,7 @@ Use ``get_method(name)`` and ``list_methods()``; adding a method is adding a mod
 import importlib
 import pkgutil
 
-from .base import Method, MethodResult, Problem, RunContext, get_method, list_methods, register
+from SodiumDIPLib.methods.base import Method, MethodResult, Problem, RunContext, get_method, list_methods, register
 
 _loaded = False
 

@@ -7,7 +7,7 @@ on the real 7 T pair). Presets: fast = the low-complexity profile ("lc") with ha
 balanced = "lc" with both stages, quality = the normal profile ("np"), both stages.
 The ``bm4d`` package has a non-commercial licence: it is an optional extra and never required.
 Receive bias: ``bias_correction="auto"`` (default) is "n4" where N4 finds a receive bias in the data and "none"
-where it does not (``tv.receive_bias``). ``bias_correction="n4"`` divides the image by an N4 bias estimate
+where it does not (``physics.bias.receive_bias``). ``bias_correction="n4"`` divides the image by an N4 bias estimate
 (mean log b = 0 on the support) before filtering and returns b as the bias field, as ``tv`` does. Rician bias: not corrected.
 """
 
@@ -17,9 +17,10 @@ import importlib.util
 
 import numpy as np
 
-from ..errors import Cancelled, InputError
-from .base import Method, MethodResult, Problem, RunContext, register
-from .tv import noise_sigma_of, receive_bias
+from SodiumDIPLib.errors import Cancelled, InputError
+from SodiumDIPLib.methods.base import Method, MethodResult, Problem, RunContext, register
+from SodiumDIPLib.physics.bias import receive_bias
+from SodiumDIPLib.problem import noise_sigma_of
 
 DESCRIPTION = "BM4D collaborative filtering (optional 'bm4d' package; images only, no guidance)"
 

@@ -10,7 +10,7 @@ Noise model (``noise_model``): the training noise is Gaussian; on complex-derive
 model. On magnitude images ("rician", the default for magnitudes via "auto") the network learns the
 expectation of the magnitude, which carries the noise floor (sqrt(pi/2) sigma where the signal is 0 for one
 channel, ~sqrt(2L) sigma for L channels); the floor is then removed by inverting E[y|x] ~ sqrt(x^2 + c sigma^2)
-(SodiumDIPLib.fidelity), and MethodResult.diagnostics says so, so that comparisons against a repeat scan
+(SodiumDIPLib.dip.fidelity), and MethodResult.diagnostics says so, so that comparisons against a repeat scan
 re-apply it. Inside the object at SNR >= 3 the Gaussian model of the added noise is accurate (the Rician
 distribution is then close to Gaussian with the same sigma).
 
@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
-from .base import Method, MethodResult, Problem, RunContext, register
-from .tv import n4_bias_field, noise_sigma_of
+from SodiumDIPLib.errors import InputError
+from SodiumDIPLib.methods.base import Method, MethodResult, Problem, RunContext, register
+from SodiumDIPLib.physics.bias import n4_bias_field
+from SodiumDIPLib.problem import noise_sigma_of
 
 DESCRIPTION = ("Corruption2Self: self-supervised denoiser trained on the noisy data only (GDSM), proton as an "
                "input channel; images only")
@@ -64,7 +65,7 @@ def check_c2s_params(params: dict) -> None:
 
 
 def settings_from(params: dict):
-    from ..learned.gdsm import TrainSettings
+    from SodiumDIPLib.learned.gdsm import TrainSettings
 
     return TrainSettings(steps=int(params["train_steps"]), batch=int(params["batch"]), patch=int(params["patch"]),
                          lr=float(params["lr"]), tau_min=float(params["tau_min"]), tau_max=float(params["tau_max"]),
@@ -80,10 +81,10 @@ def noise_model_of(problem: Problem, params: dict) -> str:
 
 def cohort_volumes(folder) -> list:
     """Every noisy volume in ``folder`` as a TrainingVolume (own robust-max scaling and noise estimate)."""
-    from ..io import read_volume
-    from ..learned.gdsm import TrainingVolume
-    from ..pipeline import SCALE_PERCENTILE
-    from ..support import estimate_noise_sigma, head_mask
+    from SodiumDIPLib.data.io import read_volume
+    from SodiumDIPLib.learned.gdsm import TrainingVolume
+    from SodiumDIPLib.problem import SCALE_PERCENTILE
+    from SodiumDIPLib.data.support import estimate_noise_sigma, head_mask
 
     files = sorted(p for p in Path(folder).iterdir() if p.name.lower().endswith(VOLUME_SUFFIXES))
     if not files:
@@ -102,8 +103,8 @@ def cohort_volumes(folder) -> list:
 
 def train_for(problem: Problem, params: dict, ctx: RunContext, y: np.ndarray, sigma: float, history: list):
     """Train (or load) the c2s model for this problem; returns (model, TrainResult or None)."""
-    from ..learned.gdsm import TrainingVolume, train_gdsm
-    from ..learned.network import DenoiserConfig, load_model
+    from SodiumDIPLib.learned.gdsm import TrainingVolume, train_gdsm
+    from SodiumDIPLib.learned.network import DenoiserConfig, load_model
 
     use_proton = bool(params["use_proton"]) and problem.proton is not None
     model = None
@@ -134,8 +135,8 @@ def train_for(problem: Problem, params: dict, ctx: RunContext, y: np.ndarray, si
 
 
 def run_c2s(problem: Problem, params: dict, ctx: RunContext) -> MethodResult:
-    from ..learned.gdsm import apply_denoiser
-    from ..learned.network import noise_floor_free, save_model
+    from SodiumDIPLib.learned.gdsm import apply_denoiser
+    from SodiumDIPLib.learned.network import noise_floor_free, save_model
 
     if not getattr(problem.operator, "is_identity", False):
         raise InputError("c2s denoises images; for k-space data use pnp with denoiser=c2s")

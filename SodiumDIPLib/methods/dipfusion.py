@@ -20,7 +20,7 @@ bias field  bias_degree (0 = no bias field), bias_lr, weight_bias (ridge on log 
             "proton": robust fit of log(smoothed data) = bias + function of the proton intensity; "pilot": the
             bias field of a classical pilot (N4 inside tv/dtv) projected onto the smooth basis)
             bias_select ("auto": a field only where the data carry one -- the classical pilot's N4 evidence rule,
-            tv.receive_bias; "always")
+            physics.bias.receive_bias; "always")
 safeguard   holdout_fraction (share of the support's voxels left out of the DIP's data term, 0 = off; image data
             with a residual pilot only), holdout_margin (standard errors by which the best DIP iterate must beat the
             pilot on the held-out voxels, else the pilot is returned), holdout_every (iterations between checks).
@@ -32,8 +32,8 @@ stopping    stopping ("fixed", "wmv", "discrepancy"), stop_window, stop_patience
 
 from __future__ import annotations
 
-from ._dipcore import run_dip
-from .base import Method, register
+from SodiumDIPLib.dip.loop import run_dip
+from SodiumDIPLib.methods.base import Method, register
 
 COMMON = dict(
     channels="16,32,64", skip_channels="4,4,4", input_channels=8, input_scale=1.0, output_init=True, reg_noise_std=0.03,
@@ -72,8 +72,19 @@ PRESETS = {
 }
 
 
+def classical_pilots() -> dict:
+    """The classical pilots a DIP run may start from: name -> (run function, fast-preset parameters). Passed to
+    the fit loop directly (no registry look-up); the loop runs them under the parent's progress and cancel."""
+    from .dtv import PRESETS as DTV_PRESETS
+    from .dtv import run_dtv
+    from .tv import PRESETS as TV_PRESETS
+    from .tv import run_tv
+
+    return {"tv": (run_tv, TV_PRESETS["fast"]), "dtv": (run_dtv, DTV_PRESETS["fast"])}
+
+
 def run(problem, params, ctx):
-    return run_dip(problem, params, ctx, "dipfusion")
+    return run_dip(problem, params, ctx, "dipfusion", pilots=classical_pilots())
 
 
 register(Method(

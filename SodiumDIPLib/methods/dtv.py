@@ -4,7 +4,7 @@
 
 xi from the proton image only: xi = grad p / sqrt(|grad p|^2 + eta^2), p = proton normalised to its
 99.9th percentile inside the support (optionally smoothed by ``guide_smoothing_vox`` first, against proton
-noise). Solved by PDHG (SodiumDIPLib.solvers). lam = lambda_sigma * sigma * |A|, chosen by SURE by default,
+noise). Solved by PDHG (SodiumDIPLib.solvers.pdhg). lam = lambda_sigma * sigma * |A|, chosen by SURE by default,
 as in ``tv`` (on Cartesian k-space: GCV, then one Bregman step at 3x the weight; see ``tv``).
 Edges shared with the proton image are kept; sodium-only edges (lesions) are smoothed like TV -- the
 weakness DIP-Fusion's sodium branch addresses. Receive bias (N4, default) and Rician bias: see ``tv``.
@@ -15,11 +15,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import InputError
-from ..guidance import direction_field, gaussian_smooth, normalise_guide
-from ..params import validate as validate_params
-from .base import Method, MethodResult, Problem, RunContext, register
-from .tv import relative_spacing, solve_variational
+from SodiumDIPLib.errors import InputError
+from SodiumDIPLib.priors.guidance import direction_field, gaussian_smooth, normalise_guide
+from SodiumDIPLib.params import validate as validate_params
+from SodiumDIPLib.methods.base import Method, MethodResult, Problem, RunContext, register
+from SodiumDIPLib.methods.tv import relative_spacing, solve_variational
 
 DESCRIPTION = "Proton-guided directional total variation (PDHG), the classical anatomically guided baseline"
 

@@ -33,9 +33,11 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..errors import Cancelled, InputError
-from .base import Method, MethodResult, Problem, RunContext, register
-from .tv import density_weighted, n4_bias_field, noise_sigma_of
+from SodiumDIPLib.errors import Cancelled, InputError
+from SodiumDIPLib.methods.base import Method, MethodResult, Problem, RunContext, register
+from SodiumDIPLib.physics.bias import n4_bias_field
+from SodiumDIPLib.physics.density import density_weighted
+from SodiumDIPLib.problem import noise_sigma_of
 
 DESCRIPTION = ("Plug-and-play (HQS / ADMM, CG data consistency, penalty continuation) with a learned MRI prior, "
                "the c2s network or BM4D as the denoiser")
@@ -149,20 +151,20 @@ def make_denoiser(name: str, problem: Problem, params: dict, ctx: RunContext, st
             return out.reshape(z.shape)[:, :, 0] if v.ndim == 2 else out.reshape(v.shape)
 
         return run_bm4d, (0.0, math.inf), {}
-    from ..learned.gdsm import apply_denoiser
+    from SodiumDIPLib.learned.gdsm import apply_denoiser
 
     if name == "prior":
-        from ..learned.prior import load_prior
+        from SodiumDIPLib.learned.prior import load_prior
 
         model, meta = load_prior(ctx.device)
         lo, hi = float(meta["sigma_min"]), float(meta["sigma_max"])
         prot = proton if model.cfg.proton else None
         return (lambda v, level: apply_denoiser(model, v, level, prot, 0.0, ctx.device)), (lo, hi), {"prior": meta}
     # c2s: GDSM on the starting image at its own noise level
-    from ..learned.gdsm import TrainingVolume, train_gdsm
-    from ..learned.network import DenoiserConfig
-    from .c2s import PRESETS as C2S_PRESETS
-    from .c2s import settings_from
+    from SodiumDIPLib.learned.gdsm import TrainingVolume, train_gdsm
+    from SodiumDIPLib.learned.network import DenoiserConfig
+    from SodiumDIPLib.methods.c2s import PRESETS as C2S_PRESETS
+    from SodiumDIPLib.methods.c2s import settings_from
 
     c2s_params = dict(C2S_PRESETS["fast"], train_steps=int(params["c2s_steps"]))
     cfg = DenoiserConfig(context=int(c2s_params["context"]), proton=proton is not None, width=int(c2s_params["width"]))
@@ -278,7 +280,7 @@ def _robust_max(x: torch.Tensor, support) -> float:
 
 
 def _image_noise(image: np.ndarray, fallback: float) -> float:
-    from ..support import estimate_noise_sigma
+    from SodiumDIPLib.data.support import estimate_noise_sigma
 
     try:
         return float(estimate_noise_sigma(image))
@@ -288,7 +290,7 @@ def _image_noise(image: np.ndarray, fallback: float) -> float:
 
 def _finish(problem: Problem, params: dict, out: np.ndarray, sigma: float, identity: bool):
     """Noise-floor removal (magnitude images, rician model) and N4 bias correction for images."""
-    from ..learned.network import noise_floor_free
+    from SodiumDIPLib.learned.network import noise_floor_free
 
     diagnostics = {}
     model = params["noise_model"] if params["noise_model"] != "auto" else ("rician" if (identity and problem.magnitude)

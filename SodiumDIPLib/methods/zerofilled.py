@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Method, MethodResult, Problem, RunContext, register
+from SodiumDIPLib.methods.base import Method, MethodResult, Problem, RunContext, register
 
 
 def _run(problem: Problem, params: dict, ctx: RunContext) -> MethodResult:

@@ -5,6 +5,6 @@
 imported from there, so that image-domain users (the Slicer module) never load a NUFFT library.
 """
 
-from .base import Identity, LinearOperator
+from SodiumDIPLib.physics.base import Identity, LinearOperator
 
 __all__ = ["LinearOperator", "Identity"]

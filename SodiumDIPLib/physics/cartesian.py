@@ -14,8 +14,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import InputError
-from .base import Diag, LinearOperator
+from SodiumDIPLib.errors import InputError
+from SodiumDIPLib.physics.base import Diag, LinearOperator
 
 
 def _axes(ndim: int) -> tuple:

@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..errors import InputError
-from .base import LinearOperator
+from SodiumDIPLib.errors import InputError
+from SodiumDIPLib.physics.base import LinearOperator
 
 
 def check_spacing(spacing: Optional[Sequence[float]], d: int) -> Optional[tuple]:

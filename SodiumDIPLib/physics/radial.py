@@ -20,9 +20,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import InputError
-from .base import LinearOperator
-from .cartesian import CoilSensitivities, as_sensitivities, complex_dtype_for
+from SodiumDIPLib.errors import InputError
+from SodiumDIPLib.physics.base import LinearOperator
+from SodiumDIPLib.physics.cartesian import CoilSensitivities, as_sensitivities, complex_dtype_for
 
 GOLDEN_MEANS_3D = (0.4656, 0.6823)  # Chan et al. 2009, MRM 61:354 (3D golden-means ordering)
 GOLDEN_ANGLE_2D = math.pi * (math.sqrt(5) - 1) / 2  # 111.25 deg, Winkelmann et al. 2007

@@ -12,9 +12,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import InputError
-from .cartesian import fftc_np
-from .radial import RadialNUFFT, radial_trajectory
+from SodiumDIPLib.errors import InputError
+from SodiumDIPLib.physics.cartesian import fftc_np
+from SodiumDIPLib.physics.radial import RadialNUFFT, radial_trajectory
 
 
 def coil_sensitivities(image_shape: tuple, n_coils: int = 8, radius: float = 1.2, rings: Optional[int] = None,
@@ -122,7 +122,7 @@ def simulate_kspace(image, n_coils: int = 8, kind: str = "cartesian", noise_sigm
 def phantom_kspace(case, n_coils: int = 8, kind: str = "cartesian", seed: int = 0,
                    noise_sigma: Optional[float] = None, n_spokes: Optional[int] = None,
                    with_bias: bool = True) -> SimulatedKspace:
-    """Multi-coil k-space of a built-in phantom case (SodiumDIPLib.phantom.PhantomCase).
+    """Multi-coil k-space of a built-in phantom case (SodiumDIPLib.data.phantom.PhantomCase).
 
     The image is the sodium truth times the receive bias (``with_bias``); noise_sigma defaults to the case's
     (``case.noise_sigma``): with unit root-sum-of-squares maps and orthonormal transforms a fully sampled

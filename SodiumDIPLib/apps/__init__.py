@@ -1,0 +1,1 @@
+"""What users run: command line, background worker and jobs, Slicer scene adapter, reports, benchmarks."""

@@ -1,0 +1,1 @@
+"""Deep Image Prior: networks, data fidelities, stopping rules and the fit loop."""

@@ -1,0 +1,1 @@
+"""Image priors built from guide images: direction fields, fused proton/sodium structure, dTV."""

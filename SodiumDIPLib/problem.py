@@ -1,0 +1,121 @@
+"""What a method receives and returns, in the engine's normalised units, and the run's services.
+
+The pipeline (``SodiumDIPLib.pipeline``) builds a Problem from files or arrays by one normalisation rule (the
+input's SCALE_PERCENTILE-th percentile inside the object support becomes 1), calls a method and undoes the
+scaling, so methods work on images of order 1 and never see files, geometry or scaling.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from SodiumDIPLib.data.support import estimate_noise_sigma
+from SodiumDIPLib.errors import Cancelled
+from SodiumDIPLib.physics.base import LinearOperator
+
+#: Percentile of the input inside its support that the normalisation maps to 1.
+SCALE_PERCENTILE = 99.5
+
+
+@dataclass
+class Problem:
+    """One reconstruction task, on the reconstruction grid, in normalised intensity units.
+
+    measurement: y, the data (an image for denoising, complex k-space when ``operator`` is not identity).
+    operator:    A, image -> measurement.
+    image_shape: shape of the reconstructed image, (Z, Y, X) or (Y, X) for a single slice.
+    spacing:     voxel size in mm in array axis order (same length as image_shape).
+    initial:     a starting / pilot image (the input itself when denoising; A^H y or gridding otherwise).
+    proton:      the registered proton image resampled onto the grid (None: no guidance available).
+    support:     boolean mask of the object (head or breast), used for bias-field scale and noise estimates.
+    noise_sigma: standard deviation of the complex Gaussian noise of y per real channel (None: unknown).
+    magnitude:   True when y is a magnitude image (Rician / noncentral-chi noise floor).
+    n_channels:  channels combined by sum-of-squares into a magnitude y (1 = Rician).
+    reference, lesion, proton_only: optional, for monitoring curves only -- never used to fit.
+    """
+
+    measurement: torch.Tensor
+    operator: LinearOperator
+    image_shape: tuple
+    spacing: tuple
+    initial: np.ndarray
+    proton: Optional[np.ndarray] = None
+    support: Optional[np.ndarray] = None
+    noise_sigma: Optional[float] = None
+    magnitude: bool = True
+    n_channels: int = 1
+    reference: Optional[np.ndarray] = None
+    lesion: Optional[np.ndarray] = None
+    proton_only: Optional[np.ndarray] = None
+
+    @property
+    def is_2d(self) -> bool:
+        return len(self.image_shape) == 2
+
+
+@dataclass
+class MethodResult:
+    """What a method returns (normalised units; the pipeline rescales)."""
+
+    image: np.ndarray
+    iterations: int = 0
+    stop_rule: str = "none"
+    stop_iteration: int = 0
+    bias_field: Optional[np.ndarray] = None
+    history: list = field(default_factory=list)  # one dict per logged iteration: iteration, loss, ...
+    extras: dict = field(default_factory=dict)  # named images worth showing (fused field, pilot, ...)
+    params: dict = field(default_factory=dict)  # the parameters actually used
+
+
+class RunContext:
+    """Device, seed, progress reporting and cancellation for one run.
+
+    ``report(iteration, loss=..., image=callable)`` is called by iterative methods; the callable returns the
+    current estimate as a numpy array (only evaluated when a listener wants a snapshot). ``check()`` raises
+    Cancelled when the caller asked to stop; methods catch it and return their best result so far with
+    stop_rule "cancelled".
+    """
+
+    def __init__(self, device: str = "cpu", seed: int = 0,
+                 on_progress: Optional[Callable[[dict, Callable[[], np.ndarray]], None]] = None,
+                 should_cancel: Optional[Callable[[], bool]] = None):
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.on_progress = on_progress
+        self.should_cancel = should_cancel
+        self.started = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def report(self, iteration: int, image: Optional[Callable[[], np.ndarray]] = None, **values) -> None:
+        if self.on_progress is not None:
+            event = {"iteration": int(iteration), "elapsed": self.elapsed}
+            event.update({k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in values.items()})
+            self.on_progress(event, image)
+
+    def cancelled(self) -> bool:
+        return bool(self.should_cancel and self.should_cancel())
+
+    def check(self) -> None:
+        if self.cancelled():
+            raise Cancelled()
+
+    def generator(self) -> torch.Generator:
+        """A CPU generator seeded from the run's seed (draw on CPU, then move: same numbers on every device)."""
+        g = torch.Generator()
+        g.manual_seed(self.seed)
+        return g
+
+
+def noise_sigma_of(problem: Problem) -> float:
+    """Problem.noise_sigma, or the engine's estimate from the initial image (SodiumDIPLib.data.support)."""
+    if problem.noise_sigma is not None and problem.noise_sigma > 0:
+        return float(problem.noise_sigma)
+    return float(estimate_noise_sigma(np.asarray(problem.initial, dtype=np.float32)))

@@ -1,0 +1,1 @@
+"""Optimisation algorithms that take operators and priors (PDHG for (directional) TV)."""
