@@ -56,7 +56,7 @@ def test_denoising_ignores_bregman_steps():
 
 @pytest.mark.parametrize("bad", [dict(bregman_steps=-1), dict(bregman_steps=11), dict(bregman_steps=1.5),
                                  dict(bregman_steps="one"), dict(bregman_weight_factor=0.0),
-                                 dict(bregman_weight_factor="3")])
+                                 dict(bregman_weight_factor="three")])
 def test_bad_bregman_parameters_are_named(bad):
     x = _disc_phantom(16)
     sim = simulate_kspace(x, n_coils=2, relative_noise=0.1, seed=0)

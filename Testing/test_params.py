@@ -74,3 +74,13 @@ def test_a_name_is_declared_once():
     with pytest.raises(ValueError, match="already declared"):
         register(Param("lr", "float", "again"))
     assert PARAMETERS["lr"].kind == "float"
+
+
+def test_cli_help_prints_the_declarations(capsys):
+    from SodiumDIPLib.apps.cli import main
+
+    assert main(["methods", "--parameters", "dipfusion"]) == 0
+    out = capsys.readouterr().out
+    assert "holdout_fraction: a finite number >= 0 and <= 0.5" in out
+    assert "stopping: one of 'fixed', 'wmv', 'discrepancy'" in out
+    assert main(["methods", "--parameters", "nonsense"]) == 2

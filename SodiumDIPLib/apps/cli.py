@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from SodiumDIPLib import __version__
 from SodiumDIPLib.apps.console import progress_printer, read_optional  # noqa: F401  (used by the subcommands)
 from SodiumDIPLib.errors import InputError
@@ -69,11 +71,34 @@ def parse_overrides(args) -> dict:
 def cmd_methods(args) -> int:
     from SodiumDIPLib.methods import list_methods
 
+    if getattr(args, "parameters", None):
+        return _print_parameters(args.parameters)
     for m in list_methods():
         reason = m.availability()
         flags = ", ".join(f for f, on in (("k-space", m.supports_kspace), ("needs proton", m.needs_proton)) if on)
         state = f"unavailable: {reason}" if reason else "available"
         print(f"{m.name:12s} {m.description} [{flags or 'image only'}; {state}]")
+    return EXIT_OK
+
+
+def _print_parameters(name: str) -> int:
+    """Every parameter of method ``name`` as declared (SodiumDIPLib.params): type and range, unit, the three
+    presets' values and what it does."""
+    from SodiumDIPLib.methods import list_methods
+    from SodiumDIPLib.params import spec
+
+    methods = {m.name: m for m in list_methods()}
+    if name not in methods:
+        raise InputError(f"--parameters {name!r}: unknown method; expected one of {', '.join(sorted(methods))}")
+    m = methods[name]
+    print(f"{m.name}: {m.description}")
+    for key in m.presets.get("balanced", {}):
+        declared = spec(m.name, key)
+        values = " / ".join(str(m.presets[p].get(key)) for p in ("fast", "balanced", "quality") if p in m.presets)
+        unit = f" [{declared.unit}]" if declared and declared.unit else ""
+        print(f"  {key}{unit}: {declared.expects() if declared else 'undeclared'}; fast/balanced/quality {values}")
+        if declared:
+            print(f"      {declared.doc}")
     return EXIT_OK
 
 
@@ -154,7 +179,10 @@ def write_run(runs, args, output_path=None, bias_field_path=None, metrics_json=N
 
     run = runs[0]
     if bias_field_path and run.bias_field is None:
-        raise InputError(f"method {run.method!r} does not estimate a bias field; drop --bias-field")
+        if "auto" not in (run.params.get("bias_correction"), run.params.get("bias_select")):
+            raise InputError(f"method {run.method!r} does not estimate a bias field; drop --bias-field")
+        # "auto" found no receive bias in the data: the estimated field is b = 1 (the run's diagnostics say why)
+        run.bias_field = run.output.with_array(np.ones_like(run.output.array, dtype=np.float32))
     with Staging() as staging:
         paths = stage_outputs(staging, run, output_path, bias_field_path, metrics_json,
                               summary_extra=summary_extra) if output_path is not None else {}
@@ -270,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sodiumdip {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("methods", help="list the available methods")
+    p = sub.add_parser("methods", help="list the available methods (--parameters NAME: a method's parameters)")
+    p.add_argument("--parameters", metavar="METHOD", default=None,
+                   help="print every parameter of METHOD: type, range, unit, preset values, what it does")
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("phantom", help="write a built-in phantom case to a folder")

@@ -193,16 +193,16 @@ def run_suite(name: str = "fast", methods=None, preset: str = "fast", seed: int 
 
     data_dir: the uhf23na folder for the real pair (default ../shared/data/uhf23na; skipped when absent).
     on_row(case, method, row) is called after every method of every case (progress, incremental saving)."""
-    from SodiumDIPLib.data.atlas import available
     from SodiumDIPLib.apps.cases import DEFAULT_METHODS, available
+    from SodiumDIPLib.data.atlas import available as atlas_missing
 
     names, skipped_methods = available(list(methods) if methods else [m for m in DEFAULT_METHODS if m != "dip"])
     report = {"suite": name, "preset": preset, "seed": seed, "methods": names, "skipped_methods": skipped_methods,
               "cases": [], "skipped": {}}
     data = Path(data_dir) if data_dir else DEFAULT_DATA
     for sc in suite_cases(name):
-        if sc.family == "atlas" and available():
-            report["skipped"][sc.name] = available()
+        if sc.family == "atlas" and atlas_missing():
+            report["skipped"][sc.name] = atlas_missing()
             continue
         if sc.real and not (data / "c2p_naa_6.nii").exists():
             report["skipped"][sc.name] = f"real pair not found in {data} (give --data)"

@@ -285,8 +285,8 @@ def plan_parameter_files(plan: "Plan", spec, params: dict) -> None:
 
 def bias_field_expected(spec, params: dict) -> Optional[bool]:
     """Whether a run of this method with these parameters returns a bias field (None: cannot tell before)."""
-    if "bias_correction" in params:
-        return params["bias_correction"] == "n4"
+    if "bias_correction" in params:  # "auto": a field only where the data show one, known after the run
+        return {"n4": True, "none": False}.get(params["bias_correction"])
     if "bias_degree" in params:
         try:
             return float(params["bias_degree"]) > 0

@@ -212,7 +212,8 @@ def solve_variational(problem: Problem, params: dict, ctx: RunContext, xi: Optio
 
             def solve(ls, v):
                 xv = pdhg_tv(v, ls * sigma, xi=xi, gamma=gamma, spacing=spacing, nonneg=nonneg, n_iter=n_sure,
-                             tol=0.0, x0=v if gain is None else v / gain, report_every=n_sure, gain=gain).x
+                             tol=0.0, x0=v if gain is None else v / gain, report_every=n_sure, gain=gain,
+                             check=ctx.check).x  # a cancel is answered inside each of the search's solves
                 return xv if gain is None else gain * xv
 
             def sure_progress(ls, value):
@@ -231,7 +232,7 @@ def solve_variational(problem: Problem, params: dict, ctx: RunContext, xi: Optio
             def predict(ls, v):
                 xv = pdhg_tv(v, ls * sigma * la, op=op, xi=xi, gamma=gamma, spacing=spacing, nonneg=nonneg,
                              n_iter=n_gcv, tol=0.0, x0=x0, image_shape=tuple(problem.image_shape),
-                             op_norm=la, report_every=n_gcv, gain=gain).x
+                             op_norm=la, report_every=n_gcv, gain=gain, check=ctx.check).x
                 return predicted(xv)
 
             def gcv_progress(ls, value):

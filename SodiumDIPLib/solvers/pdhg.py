@@ -115,7 +115,7 @@ def pdhg_tv(y: torch.Tensor, lam: float, op: Optional[LinearOperator] = None, xi
     spacing: voxel size per array axis (pass relative spacing, e.g. h / min(h), to keep lam's meaning).
     nonneg: constrain x >= 0 (sodium concentrations are non-negative). n_iter: max iterations; tol: stop when
     the relative change of x over ``report_every`` iterations falls below tol. x0: start (default A^H y or y).
-    callback(iteration, x, objective) every ``report_every`` iterations; check() may raise Cancelled -- it is
+    callback(iteration, x, objective) every ``report_every`` iterations; check() (every iteration) may raise Cancelled -- it is
     NOT caught here (the caller keeps ``x`` via the callback or catches and uses its own estimate).
     Returns SolverResult(x, iterations, converged, objective history).
     """
@@ -172,9 +172,7 @@ def pdhg_tv(y: torch.Tensor, lam: float, op: Optional[LinearOperator] = None, xi
         last = {"x": x.clone()}
 
         def checkpoint(it, x, objective) -> bool:
-            """Every ``report_every`` iterations: cancellation, objective, callback; True once converged."""
-            if check is not None:
-                check()
+            """Every ``report_every`` iterations: objective, callback; True once converged."""
             change = float(torch.linalg.vector_norm(x - last["x"]) / (torch.linalg.vector_norm(x) + 1e-12))
             last["x"] = x.clone()
             obj = objective()
@@ -190,6 +188,8 @@ def pdhg_tv(y: torch.Tensor, lam: float, op: Optional[LinearOperator] = None, xi
             gy = y if gain is None else gain * y
             mu = 1.0 if gain is None else float(g2.min())  # strong convexity of 0.5|g x - y|^2
             for it in range(1, n_iter + 1):
+                if check is not None:  # every iteration: a cancel is answered within one iteration
+                    check()
                 p = project_dual(p + sigma * K_grad(x_bar), lam)
                 x_old = x
                 x = clamp((x - tau * K_grad_T(p) + tau * gy) / (1.0 + tau * g2))
@@ -210,6 +210,8 @@ def pdhg_tv(y: torch.Tensor, lam: float, op: Optional[LinearOperator] = None, xi
             tau = sigma = 0.99 / math.sqrt(2.0)
             q = torch.zeros_like(y)
             for it in range(1, n_iter + 1):
+                if check is not None:
+                    check()
                 Ax = op.forward(x_bar)
                 q = (q + sigma * Ax / La - sigma * y / La) / (1.0 + sigma / (La * La))
                 p = project_dual(p + sigma * K_grad(x_bar) / Ld, lam * Ld)
