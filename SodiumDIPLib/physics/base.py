@@ -55,13 +55,14 @@ class LinearOperator:
             return Compose(self, other)
         return self.forward(other)
 
-    def norm(self, n_iter: int = 30, seed: int = 0, device=None, dtype=torch.float32) -> float:
-        """Largest singular value |A| on real images, by power iteration on Re(A^H A), times 1.01 (power
-        iteration approaches from below; step sizes need an upper bound). Raises ValueError for A = 0."""
+    def norm(self, n_iter: int = 30, seed: int = 0, device=None, dtype=torch.float32, shape=None) -> float:
+        """Largest singular value |A| on real images (of ``shape``, default ``ishape``), by power iteration on
+        Re(A^H A), times 1.01 (power iteration approaches from below; step sizes need an upper bound). Raises
+        ValueError for A = 0."""
         if self.is_identity:
             return 1.0
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(tuple(self.ishape), generator=g, dtype=dtype).to(device)
+        x = torch.randn(tuple(self.ishape if shape is None else shape), generator=g, dtype=dtype).to(device)
         x = x / torch.linalg.vector_norm(x)
         s = 0.0
         with torch.no_grad():

@@ -38,24 +38,12 @@ def _sqnorm(r: torch.Tensor) -> torch.Tensor:
 
 def operator_norm(op: LinearOperator, shape: Sequence[int], n_iter: int = 30, device=None,
                   dtype=torch.float32, seed: int = 0) -> float:
-    """Largest singular value of A on real images of ``shape`` (power iteration on Re(A^H A)).
-
-    Returns the estimate times 1.01 (power iteration approaches from below; a safe step size needs an upper bound).
-    """
-    if getattr(op, "is_identity", False):
-        return 1.0
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(tuple(shape), generator=g, dtype=dtype).to(device)
-    x = x / torch.linalg.vector_norm(x)
-    s = 0.0
-    with torch.no_grad():
-        for _ in range(n_iter):
-            z = _real(op.adjoint(op.forward(x))).to(dtype)
-            s = float(torch.linalg.vector_norm(z))
-            if s == 0:
-                raise InputError("the forward operator maps every image to zero")
-            x = z / s
-    return 1.01 * math.sqrt(s)
+    """``op.norm()`` on real images of ``shape`` (an upper estimate of |A|); InputError when A maps everything
+    to zero."""
+    try:
+        return op.norm(n_iter=n_iter, seed=seed, device=device, dtype=dtype, shape=shape)
+    except ValueError:
+        raise InputError("the forward operator maps every image to zero") from None
 
 
 def gradient_norm_bound(ndim: int, spacing: Optional[Sequence[float]] = None) -> float:
