@@ -348,11 +348,14 @@ def describe(method) -> list:
     defaults = method.presets.get("balanced") or next(iter(method.presets.values()), {})
     out = []
     for name, default in defaults.items():
-        declared = spec(method.name, name)
-        if declared is None:
-            declared = Param(name, _guess_kind(default), "", "other")
+        declared = spec(method.name, name) or undeclared(name, default)
         out.append(declared.describe(default))
     return out
+
+
+def undeclared(name: str, default, group: str = "other") -> Param:
+    """A stand-in declaration for a parameter nobody declared (a plug-in method's): its kind from its default."""
+    return Param(name, _guess_kind(default), "", group)
 
 
 def _guess_kind(value) -> str:

@@ -11,12 +11,11 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from SodiumDIPLib import __version__
-from SodiumDIPLib.apps.console import progress_printer, read_optional  # noqa: F401  (used by the subcommands)
+from SodiumDIPLib.apps.console import progress_printer, read_run_volumes
 from SodiumDIPLib.errors import InputError
 from SodiumDIPLib.data.preflight import bounded_int, finite_number
 
@@ -194,25 +193,18 @@ def write_run(runs, args, output_path=None, bias_field_path=None, metrics_json=N
 
 
 def cmd_denoise(args) -> int:
-    from SodiumDIPLib.data.io import read_volume
     from SodiumDIPLib.pipeline import denoise_volumes
     from SodiumDIPLib.apps.report.cli import check_report_point
 
     inputs = {"sodium": args.sodium, "proton": args.proton, "reference": args.reference, "mask": args.mask,
               "lesion": args.lesion, "proton-only": args.proton_only}
     spec, overrides, params = check_run_request(args, inputs)
-    sodium = read_volume(args.sodium, "sodium")
-    proton = read_optional(args.proton, "proton")
-    reference = read_optional(args.reference, "reference")
-    mask = read_optional(args.mask, "mask")
-    lesion = read_optional(args.lesion, "lesion")
-    ponly = read_optional(args.proton_only, "proton-only")
-    check_report_point(args, sodium)
+    volumes = read_run_volumes(args)  # keyword arguments of denoise_volumes
+    check_report_point(args, volumes["sodium"])
     on_progress, close = progress_printer(args, params.get("iterations"))
     try:
-        run = denoise_volumes(sodium, proton, method=args.method, preset=args.preset, params=overrides,
-                              seed=args.seed, device=args.device, reference=reference, mask=mask, lesion=lesion,
-                              proton_only=ponly, on_progress=on_progress)
+        run = denoise_volumes(**volumes, method=args.method, preset=args.preset, params=overrides,
+                              seed=args.seed, device=args.device, on_progress=on_progress)
     finally:
         close()
     paths = write_run([run], args, args.output, args.bias_field, args.metrics_json)

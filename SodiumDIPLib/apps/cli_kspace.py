@@ -161,7 +161,8 @@ def cmd_undersample(args) -> int:
 
 # ----------------------------------------------------------------------------------------------- reconstruct
 def cmd_reconstruct(args) -> int:
-    from SodiumDIPLib.apps.cli import check_run_request, print_run_summary, progress_printer, read_optional, write_run
+    from SodiumDIPLib.apps.cli import check_run_request, print_run_summary, write_run
+    from SodiumDIPLib.apps.console import progress_printer, read_optional
     from SodiumDIPLib.physics.kspace import kspace_problem
     from SodiumDIPLib.pipeline import RunOutput, compute_run_metrics, normalise_proton, on_grid, run_method
     from SodiumDIPLib.physics.rawio import read_raw

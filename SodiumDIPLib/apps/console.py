@@ -12,6 +12,16 @@ def read_optional(path, role, **kw):
     return None if path is None else read_volume(path, role, **kw)
 
 
+def read_run_volumes(args) -> dict:
+    """The volumes of a denoising command (sodium required; proton, reference, mask, lesion, proton-only when
+    given), read after the pre-flight."""
+    from SodiumDIPLib.data.io import read_volume
+
+    return {"sodium": read_volume(args.sodium, "sodium"), "proton": read_optional(args.proton, "proton"),
+            "reference": read_optional(args.reference, "reference"), "mask": read_optional(args.mask, "mask"),
+            "lesion": read_optional(args.lesion, "lesion"), "proton_only": read_optional(args.proton_only, "proton-only")}
+
+
 def progress_printer(args, total_hint=None):
     """A tqdm progress bar fed by pipeline progress events, created at the first event (so that input errors
     found before the run starts print one clean line). Returns (callback or None, close)."""

@@ -96,8 +96,7 @@ def report_from_args(runs, args):
 
 
 def cmd_compare(args) -> int:
-    from SodiumDIPLib.apps.console import progress_printer, read_optional
-    from SodiumDIPLib.data.io import read_volume
+    from SodiumDIPLib.apps.console import progress_printer, read_run_volumes
     from SodiumDIPLib.methods import get_method
     from SodiumDIPLib.pipeline import denoise_volumes, detached_data_files, output_files, resolve_device, stage_outputs
     from SodiumDIPLib.data.preflight import Plan, check_seed, check_text, run_parameters
@@ -131,21 +130,15 @@ def cmd_compare(args) -> int:
         for spec in specs:
             if spec.needs_proton:
                 raise InputError(f"method {spec.name!r} needs a proton volume (--proton)")
-    sodium = read_volume(args.sodium, "sodium")
-    proton = read_optional(args.proton, "proton")
-    reference = read_optional(args.reference, "reference")
-    mask = read_optional(args.mask, "mask")
-    lesion = read_optional(args.lesion, "lesion")
-    ponly = read_optional(args.proton_only, "proton-only")
-    check_report_point(args, sodium)
+    volumes = read_run_volumes(args)  # keyword arguments of denoise_volumes
+    check_report_point(args, volumes["sodium"])
 
     runs = []
     for spec in specs:
         on_progress, close = progress_printer(args, params[spec.name].get("iterations"))
         try:
-            run = denoise_volumes(sodium, proton, method=spec.name, preset=args.preset, seed=args.seed,
-                                  device=args.device, reference=reference, mask=mask, lesion=lesion,
-                                  proton_only=ponly, on_progress=on_progress)
+            run = denoise_volumes(**volumes, method=spec.name, preset=args.preset, seed=args.seed,
+                                  device=args.device, on_progress=on_progress)
         finally:
             close()
         runs.append(run)

@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.params import Param
+from SodiumDIPLib.params import Param, undeclared
 
 
 def declarations(method: dict) -> list:
@@ -23,19 +23,7 @@ def declarations(method: dict) -> list:
         return list(method["parameters"])
     presets = method.get("presets") or {}
     values = presets.get("balanced") or next(iter(presets.values()), {})
-    return [{"name": name, "type": _kind_of(value), "default": value, "min": None, "max": None,
-             "min_exclusive": False, "choices": None, "unit": "", "doc": "", "group": "parameters",
-             "format": None} for name, value in values.items()]
-
-
-def _kind_of(value) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    return "text"
+    return [undeclared(name, value, "parameters").describe(value) for name, value in values.items()]
 
 
 def to_param(decl: dict) -> Param:
