@@ -4,6 +4,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 
 from SodiumDIPLib.apps import benchmark
@@ -76,3 +78,20 @@ def test_benchmark_writes_a_report(tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")
     assert main(["benchmark", "--methods", "tv", "--shape", "32x32", "--report", str(tmp_path / "a_file")]) == 2
     assert main(["benchmark", "--methods", "tv", "--shape", "32x32", "--report", "/proc/sodiumdip_report"]) == 2
+
+
+def test_real_pair_scores_a_noise_floor_aware_result(uhf_dir):
+    """A result fitted without the magnitude noise floor (c2s, Rician/chi DIP) is also scored against the repeat
+    through the floor's expectation E[y | x] (the repeat contains the floor)."""
+    from types import SimpleNamespace
+
+    from SodiumDIPLib.apps.cases import real_pair
+
+    pair = real_pair(uhf_dir)
+    image = np.asarray(pair.problem.initial, np.float32)
+    plain = pair.score(SimpleNamespace(image=image, bias_field=None, diagnostics={}))
+    floor = pair.score(SimpleNamespace(image=image, bias_field=None,
+                                       diagnostics={"fidelity": "rician", "noise_sigma": 0.02, "n_channels": 1}))
+    assert plain["gain_db"] == pytest.approx(0.0, abs=1e-3)  # the input scored against itself: no gain
+    assert floor["mse_estimate_signal"] == pytest.approx(plain["mse_estimate"])  # the signal itself, as before
+    assert np.isfinite(floor["mse_estimate"]) and floor["mse_estimate"] != plain["mse_estimate"]  # E[y | x] scored

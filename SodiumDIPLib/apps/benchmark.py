@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from SodiumDIPLib.apps.cases import DEFAULT_METHODS, RealPair, available, pick_metrics, real_pair  # noqa: F401
+from SodiumDIPLib.apps.cases import DEFAULT_METHODS, available, pick_metrics, real_pair
 from SodiumDIPLib.errors import InputError
 
 ORIGINAL_DIP = dict(channels="128,128,128,128,128", skip_channels="4,4,4,4,4", input_channels=32, input_scale=0.1,

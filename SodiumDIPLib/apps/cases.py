@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -79,6 +80,8 @@ class RealPair:
         if diag.get("fidelity") in ("chi", "rician", "corrected_ls"):
             # A noise-floor-aware fit returns the signal without the floor; naa_8 contains it. Also report the
             # model of the measurement's expectation E[y | b x], which is what naa_8 estimates.
+            import torch
+
             from SodiumDIPLib.dip.fidelity import expected_magnitude
 
             ey = expected_magnitude(torch.from_numpy(x / self.scale), diag["noise_sigma"],

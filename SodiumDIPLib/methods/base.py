@@ -8,14 +8,10 @@ work on images of order 1 and never see files, geometry or scaling.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
-import numpy as np
-import torch
-
-from SodiumDIPLib.errors import Cancelled, InputError
+from SodiumDIPLib.errors import InputError
 from SodiumDIPLib.params import describe as describe_params
 from SodiumDIPLib.params import spec as declared_param
 from SodiumDIPLib.params import validate as validate_params

@@ -35,8 +35,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from SodiumDIPLib.errors import Cancelled, InputError
-from SodiumDIPLib.physics.base import LinearOperator
+from SodiumDIPLib.errors import Cancelled
 from SodiumDIPLib.solvers.pdhg import operator_norm, pdhg_tv
 from SodiumDIPLib.physics.bias import receive_bias
 from SodiumDIPLib.physics.density import density_weighted

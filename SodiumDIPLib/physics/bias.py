@@ -13,6 +13,7 @@ Orthonormal columns also make the coefficients equally scaled, which Adam likes.
 from __future__ import annotations
 
 from itertools import product
+from typing import Optional
 
 import numpy as np
 import torch
