@@ -218,8 +218,8 @@ _COMMON = [
     _p("sodium_guide", "choice", "sodium structure from the pilot, the refreshed output, or none", "prior",
        choices=("pilot", "output", "none")),
     _p("refresh_every", "int", "steps between refreshes of the sodium guide", "prior", "", 1, 100000),
-    _p("pilot", "choice", "pilot image: 'smooth' (Gaussian-smoothed data), 'tv' or 'dtv' (fast preset)",
-       "pilot", choices=("smooth", "tv", "dtv")),
+    _p("pilot", "choice", "pilot image: 'smooth' (Gaussian-smoothed data), 'tv', 'dtv' or 'fused-dtv' (dTV on the "
+       "fused proton + sodium structure; fast presets)", "pilot", choices=("smooth", "tv", "dtv", "fused-dtv")),
     _p("pilot_sigma_mm", "float", "Gaussian width of the 'smooth' pilot", "pilot", "mm", 0, 100),
     _p("weight_gc", "float", "weight of gradient consistency with the measured sodium", "prior", "", 0, 1000),
     _p("gc_sigma_vox", "float", "smoothing before the gradient-consistency gradients", "prior", "voxel", 0, 10),
@@ -236,6 +236,8 @@ _COMMON = [
     # DIP safeguard: held-out voxels decide between the DIP stage and its pilot
     _p("holdout_fraction", "float", "share of the object's voxels left out of the DIP's data term to check it "
        "against its pilot (0 = off)", "safeguard", "", 0, 0.5),
+    _p("holdout_patience", "int", "stop the DIP stage when the held-out error has not improved for this many "
+       "steps (0 = run the full budget)", "safeguard", "steps", 0, 100000),
     _p("holdout_margin", "float", "standard errors by which the DIP must beat the pilot on the held-out voxels",
        "safeguard", "SE", 0, 100),
     _p("holdout_every", "int", "iterations between held-out checks", "safeguard", "steps", 1, 100000),

@@ -32,6 +32,9 @@ from SodiumDIPLib.params import validate as validate_params
 from SodiumDIPLib.problem import MethodResult, Problem, RunContext
 
 
+CLASSICAL_PILOTS = ("tv", "dtv", "fused-dtv")
+
+
 class DeviceOutOfMemory(InputError, RuntimeError):
     """The accelerator ran out of memory; the message says what to do (CPU or a smaller preset)."""
 
@@ -304,14 +307,14 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str, pilo
     pilot = pilot_bias = pilot_image = pilot_bias_raw = pilot_result = None
     guard, y_gc = None, None
     frac = float(params.get("holdout_fraction", 0.0))
-    if (frac > 0 and identity and residual and params["pilot"] in ("tv", "dtv") and not torch.is_complex(y)
+    if (frac > 0 and identity and residual and params["pilot"] in CLASSICAL_PILOTS and not torch.is_complex(y)
             and support_np.sum() >= 200):
         guard = HeldOutCheck(support_np, frac, ctx.seed, float(params.get("holdout_margin", 2.0)), device)
     xi_h = xi = None
     guide_na = params["sodium_guide"] if params["w_na"] > 0 else "none"
-    if params["pilot"] in ("tv", "dtv"):
-        if params["pilot"] == "dtv" and not use_proton:
-            raise InputError("pilot 'dtv' needs a proton volume; use pilot 'tv' or 'smooth'")
+    if params["pilot"] in CLASSICAL_PILOTS:
+        if params["pilot"] in ("dtv", "fused-dtv") and not use_proton:
+            raise InputError(f"pilot {params['pilot']!r} needs a proton volume; use pilot 'tv' or 'smooth'")
         pilot, pilot_bias, pilot_result = _classical_pilot(problem, ctx, _pilot_method(pilots, params["pilot"], method_name))
         if pilot_result.stop_rule == "cancelled" or ctx.cancelled():
             return _pilot_only(pilot_result, params, "cancelled by the user during the pilot")
@@ -337,7 +340,7 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str, pilo
                                  device=device) if params["pilot_sigma_mm"] > 0 else torch.from_numpy(initial).to(device)
     bias_decision = "estimated (bias_select always)" if bias is not None else "off (bias_degree 0)"
     if bias is not None and params.get("bias_select", "always") == "auto":
-        bias, bias_decision = _decide_bias(bias, problem, pilot_result if params["pilot"] in ("tv", "dtv") else None,
+        bias, bias_decision = _decide_bias(bias, problem, pilot_result if params["pilot"] in CLASSICAL_PILOTS else None,
                                            identity)
     if bias is not None and params["bias_init"] == "pilot" and pilot_bias is not None:
         # start b at the pilot's own (N4) field, with the smooth basis refining it: b * x is then exactly
@@ -459,6 +462,7 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str, pilo
     n_support = support.sum().clamp_min(1)
 
     check_every = int(params.get("holdout_every", 10))
+    guard_patience, guard_stopped = int(params.get("holdout_patience", 0)), False
 
     for it in range(0 if warm_cancelled else iterations):
         try:
@@ -521,6 +525,9 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str, pilo
                 bb = b.detach() if b is not None else None
                 m = _measured_model(ema * bb if bb is not None else ema, kind, sigma, n_ch, problem.magnitude)
                 entry["heldout_delta"] = guard.update(it, y, m, ema, bb)
+            if guard_patience and it - guard.best[2] >= guard_patience:
+                guard_stopped = True  # the held-out error has not improved for guard_patience steps
+                break
         stop = rule.update(it, ema, entry["loss"], residual_mse=resid)
         if bias is not None and rule.best_iteration == it:
             best_bias = b.detach().clone()
@@ -577,7 +584,9 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str, pilo
                           bias_field=bias_out, history=history, extras=extras, params=dict(params))
     # What "auto" settings resolved to (kept out of params so a written parameter file reloads cleanly).
     result.diagnostics = {"fidelity": kind, "n_channels": int(n_ch), "noise_sigma": sigma,
-                          "stop_reason": rule.reason if not cancelled else "cancelled by the user",
+                          "stop_reason": ("cancelled by the user" if cancelled else
+                                          f"held-out error not improved for {guard_patience} steps" if guard_stopped
+                                          else rule.reason),
                           "returned_stage": stage, "bias_decision": bias_decision,
                           **(_guard_diagnostics(guard) if guard is not None else {}),
                           "proton_used": bool(use_proton), "seconds_per_iteration":
