@@ -119,3 +119,13 @@ def noise_sigma_of(problem: Problem) -> float:
     if problem.noise_sigma is not None and problem.noise_sigma > 0:
         return float(problem.noise_sigma)
     return float(estimate_noise_sigma(np.asarray(problem.initial, dtype=np.float32)))
+
+
+def relative_spacing(problem: Problem) -> Optional[tuple]:
+    """The voxel size relative to the finest axis, h / min(h), in array axis order (None: no spacing given).
+
+    Regularisers take this so that a weight keeps its meaning (per finest-voxel step) on anisotropic grids."""
+    if not problem.spacing:
+        return None
+    h = [float(s) for s in problem.spacing]
+    return tuple(s / min(h) for s in h)

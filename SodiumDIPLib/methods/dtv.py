@@ -19,7 +19,8 @@ from SodiumDIPLib.errors import InputError
 from SodiumDIPLib.priors.guidance import direction_field, gaussian_smooth, normalise_guide
 from SodiumDIPLib.params import validate as validate_params
 from SodiumDIPLib.methods.base import Method, MethodResult, Problem, RunContext, register
-from SodiumDIPLib.methods.tv import relative_spacing, solve_variational
+from SodiumDIPLib.problem import relative_spacing
+from SodiumDIPLib.solvers.variational import solve_variational
 
 DESCRIPTION = "Proton-guided directional total variation (PDHG), the classical anatomically guided baseline"
 
