@@ -112,31 +112,23 @@ def run_phantom(methods, preset="fast", seed=0, device="auto", shape=(48, 48, 48
             rec["bias_corr_truth"] = float(np.corrcoef(result.bias_field[sup], tb[sup])[0, 1])
         rows[name] = rec
         if runs is not None:
-            runs.append(_run_output(case, problem, scale, name, preset, seed, result, info, m))
+            runs.append(_run_output(case, problem, scale, result, info, m))
         if verbose:
             print(f"  phantom {name}: psnr {rec['metrics'].get('psnr_mask', float('nan')):.2f} dB, "
                   f"{info['seconds']:.1f} s", flush=True)
     return rows
 
 
-def _run_output(case, problem, scale, name, preset, seed, result, info, metrics):
+def _run_output(case, problem, scale, result, info, metrics):
     """A benchmark result as the pipeline's RunOutput, with the phantom's volumes as inputs (for reports)."""
-    from SodiumDIPLib.pipeline import RunOutput
+    from SodiumDIPLib.pipeline import run_output
 
     grid = case.sodium
-    on_grid = (lambda a: grid.with_array(np.asarray(a, np.float32)))
-    extras = {k: (on_grid(np.asarray(v) * (scale if k.startswith("pilot") else 1.0))
-                  if np.shape(v) == grid.shape else np.asarray(v)) for k, v in result.extras.items()}
     inputs = {"sodium": grid, "reference": case.sodium_truth, "mask": case.brain, "lesion": case.lesion,
               "proton_only": case.proton_only}
     if problem.proton is not None:
-        inputs["proton_on_grid"] = on_grid(problem.proton)
-    return RunOutput(output=on_grid(np.asarray(result.image) * scale),
-                     bias_field=None if result.bias_field is None else on_grid(result.bias_field),
-                     metrics=metrics, method=name, preset=preset, params=result.params, history=result.history,
-                     stop_rule=result.stop_rule, stop_iteration=result.stop_iteration, iterations=result.iterations,
-                     seconds=info["seconds"], peak_memory_mb=info["peak_memory_mb"], extras=extras,
-                     device=info["device"], seed=seed, inputs=inputs, scale=scale)
+        inputs["proton_on_grid"] = grid.with_array(np.asarray(problem.proton, np.float32))
+    return run_output(result, info, grid, scale, inputs, metrics=metrics)
 
 
 def run_real(data_dir, methods, preset="fast", seed=0, device="auto", params=None, verbose=True) -> dict:
