@@ -21,7 +21,7 @@ import torch
 
 from SodiumDIPLib import __version__
 from SodiumDIPLib.errors import Cancelled, InputError
-from SodiumDIPLib.data.io import check_output_path, json_default, validate_volume, write_text_atomic, write_volume
+from SodiumDIPLib.data.io import check_output_path, json_default, validate_volume
 from SodiumDIPLib.methods import get_method
 from SodiumDIPLib.problem import MethodResult, Problem, RunContext, normalised_problem
 from SodiumDIPLib.physics.base import Identity
@@ -137,10 +137,7 @@ def run_method(problem: Problem, method: str = "dipfusion", preset: str = "balan
                on_progress: Optional[Callable] = None, should_cancel: Optional[Callable[[], bool]] = None):
     """Run a registered method on a prepared problem. Returns (MethodResult, info dict with seconds, memory, ...)."""
     spec = get_method(method)
-    if not problem.operator.is_identity and not spec.supports_kspace:
-        raise InputError(f"method {method!r} works on images only; it cannot reconstruct from k-space")
-    if spec.needs_proton and problem.proton is None:
-        raise InputError(f"method {method!r} needs a proton volume (--proton)")
+    spec.check_inputs(problem.proton is not None, kspace=not problem.operator.is_identity)
     parameters = spec.parameters(preset, params)
     dev = resolve_device(device)
     seed_everything(seed)

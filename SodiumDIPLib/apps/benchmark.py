@@ -23,7 +23,6 @@ Timings on a shared machine are noisy: the JSON records the device and thread co
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from SodiumDIPLib.apps.cases import DEFAULT_METHODS, available, pick_metrics, real_pair
+from SodiumDIPLib.data.io import json_ready
 from SodiumDIPLib.errors import InputError
 
 ORIGINAL_DIP = dict(channels="128,128,128,128,128", skip_channels="4,4,4,4,4", input_channels=32, input_scale=0.1,
@@ -53,20 +53,6 @@ def _trajectory(result) -> dict:
     at = min(int(result.stop_iteration), len(ps) - 1)
     return {"best_psnr_support": float(ps[best]), "best_iteration": best, "psnr_support_at_stop": float(ps[at]),
             "gap_to_best_db": float(ps[best] - ps[at])}
-
-
-def _clean(obj):
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
 
 
 def phantom_case(shape=(48, 48, 48), seed: int = 0):
@@ -208,7 +194,7 @@ def run_benchmark(methods=None, data=None, preset: str = "fast", seed: int = 0, 
         report["real"] = run_real(data, names, preset, seed, device, params, verbose)
     if speed:
         report["speed"] = run_speed(preset, seed, device, speed_shape, speed_budget_s, verbose, params)
-    return _clean(report)
+    return json_ready(report)
 
 
 def format_table(report: dict) -> str:
@@ -283,7 +269,7 @@ def cmd_acceleration(args, methods) -> int:
     if args.json:
         from SodiumDIPLib.data.io import write_text_atomic
 
-        write_text_atomic(json.dumps(_clean(result), indent=1), args.json)
+        write_text_atomic(json.dumps(json_ready(result), indent=1), args.json)
     return 0
 
 
@@ -309,7 +295,7 @@ def run_suite_from_args(args, methods) -> int:
     if args.json:
         from SodiumDIPLib.data.io import write_text_atomic
 
-        write_text_atomic(json.dumps(_clean(report), indent=1), args.json)
+        write_text_atomic(json.dumps(json_ready(report), indent=1), args.json)
     return 0
 
 

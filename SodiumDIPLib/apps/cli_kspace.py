@@ -104,7 +104,7 @@ def undersample_outputs(out: Path, fmt: str) -> dict:
 
 
 def cmd_undersample(args) -> int:
-    from SodiumDIPLib.data.io import stage_text, stage_volume
+    from SodiumDIPLib.data.io import json_default, stage_text, stage_volume
     from SodiumDIPLib.physics.kspace import undersample_case
     from SodiumDIPLib.data.preflight import Plan, check_seed
     from SodiumDIPLib.physics.rawio import RawData, read_raw, write_raw_npz
@@ -149,7 +149,7 @@ def cmd_undersample(args) -> int:
                   "files": {k: Path(v).name for k, v in paths.items()}}
         if case.spokes is not None:
             record["spokes_kept"] = int(len(case.spokes))
-        stage_text(staging, json.dumps(record, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)),
+        stage_text(staging, json.dumps(record, indent=2, default=json_default),
                    targets["case"])
         staging.commit()
     print(f"undersampled {args.input}: R = {case.acceleration:.2f} (asked {case.requested:g}), seed {case.seed}, "
@@ -177,8 +177,7 @@ def cmd_reconstruct(args) -> int:
     inputs = {"raw-data": args.input, "proton": args.proton, "reference": args.reference, "mask": args.mask,
               "lesion": args.lesion, "proton-only": args.proton_only}
     spec, overrides, params = check_run_request(args, inputs)
-    if not spec.supports_kspace:
-        raise InputError(f"method {args.method!r} works on images only; it cannot reconstruct from k-space")
+    spec.check_inputs(has_proton=args.proton is not None, kspace=True)
     raw = read_raw(args.input)
     if raw.domain != "kspace":
         raise InputError(f"{args.input}: holds coil images; reconstruct needs k-space (key 'kspace')")
@@ -190,8 +189,6 @@ def cmd_reconstruct(args) -> int:
     mask = read_optional(args.mask, "mask")
     lesion = read_optional(args.lesion, "lesion")
     ponly = read_optional(args.proton_only, "proton-only")
-    if spec.needs_proton and proton is None:
-        raise InputError(f"method {args.method!r} needs a proton volume (--proton)")
     check_report_point(args, grid)
     p = normalise_proton(sq(on_grid(proton, grid, "proton", label=False)))
     ref = sq(on_grid(reference, grid, "reference", label=False))

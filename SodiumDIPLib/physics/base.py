@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from SodiumDIPLib.errors import InputError
+
 
 class LinearOperator:
     """A linear map from images of shape ``ishape`` to measurements of shape ``oshape``.
@@ -129,6 +131,27 @@ class Compose(LinearOperator):
     def to(self, device):
         self.ops = tuple(op.to(device) for op in self.ops)
         return self
+
+
+class Modelled(LinearOperator):
+    """A named forward model (``self.model``, usually a Compose such as P @ F @ S) that refuses inputs of the
+    wrong shape with an InputError naming both shapes."""
+
+    model: LinearOperator
+
+    def to(self, device):
+        self.model = self.model.to(device)
+        return self
+
+    def forward(self, x):
+        if tuple(x.shape) != self.ishape:
+            raise InputError(f"image of shape {tuple(x.shape)} does not match the operator's image shape {self.ishape}")
+        return self.model.forward(x)
+
+    def adjoint(self, y):
+        if tuple(y.shape) != self.oshape:
+            raise InputError(f"k-space of shape {tuple(y.shape)} does not match the operator's output shape {self.oshape}")
+        return self.model.adjoint(y)
 
 
 class Diag(LinearOperator):
