@@ -185,6 +185,22 @@ class Diag(LinearOperator):
         return self
 
 
+class RealImages(LinearOperator):
+    """The embedding of real images in complex ones, x -> x + 0i; its adjoint (real inner product) is Re.
+
+    ``A @ Diag(g) @ RealImages(shape)`` is A diag(g) on real images whose adjoint returns real images, as PDHG
+    needs (x = the bias-free image under a receive bias g)."""
+
+    def __init__(self, shape: tuple):
+        self.ishape = self.oshape = tuple(shape)
+
+    def forward(self, x):
+        return x
+
+    def adjoint(self, y):
+        return y.real.contiguous() if y.is_complex() else y
+
+
 class Identity(LinearOperator):
     """Image-domain identity: denoising of a (coil-combined magnitude) image."""
 
