@@ -112,9 +112,7 @@ def calibration_images(kspace: np.ndarray, mask: np.ndarray, calibration: Option
     """Low-resolution coil images from the fully sampled k-space centre (Hann-tapered), (coils, *shape).
 
     The Hann taper is two lines wider than the calibration block, so every calibration line keeps a non-zero
-    weight (a taper of the block's own width zeroes its outer lines: with the 4-line block of a 32^3 R = 4 mask
-    only 3 lines remained and the Walsh maps missed 18% of the coil images' energy in the brain, against 10%
-    with the wider taper; dtv at R = 4: 27.23 -> 27.60 dB; docs/nufft.md).
+    weight (a taper of the block's own width zeroes its outer lines; docs/measurements.md).
     """
     shape = kspace.shape[1:]
     c = calibration_size(mask) if calibration is None else int(calibration)
@@ -254,11 +252,10 @@ def kspace_problem(kspace, mask=None, trajectory=None, image_shape: Optional[tup
     phase = None
     if absorb_phase:
         # phase reference: the calibration images combined with the maps (the combined low-resolution image:
-        # smooth phase, free of aliasing); the aliased zero-filled image's phase left the real image model
-        # unable to fit the data (dtv at R = 4 on the 32^3 phantom: 26.64 dB with it, 27.23 with the
-        # calibration phase, 27.22 with no phase absorbed). Given Cartesian maps: a least-squares (CG-SENSE)
-        # image, which the maps unfold (48^3, R = 4, the true maps given: dtv 31.01 dB with the zero-filled
-        # phase, 32.10 with this one); given radial maps keep the gridded image's phase (little coherent aliasing).
+        # smooth phase, free of aliasing; the aliased zero-filled image's phase leaves the real image model
+        # unable to fit the data). Given Cartesian maps: a least-squares (CG-SENSE) image, which the maps
+        # unfold; given radial maps keep the gridded image's phase (little coherent aliasing).
+        # Measurements: docs/measurements.md.
         if cal is not None:
             ref_img = (sens.conj() * cal).sum(0)
         elif kind == "cartesian":
