@@ -177,16 +177,6 @@ def on_grid(vol: Optional[Volume], grid: Volume, role: str, label: bool) -> Opti
     return arr.astype(bool) if label else arr.astype(np.float32)
 
 
-def normalise_proton(proton: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """The proton image on the reconstruction grid scaled so its 99.9th percentile is 1 (None passes through)."""
-    if proton is None:
-        return None
-    pscale = float(np.percentile(proton, 99.9))
-    if pscale <= 0:
-        raise InputError("proton: no positive signal on the reconstruction grid; expected a registered proton image")
-    return proton / pscale
-
-
 def prepare_denoising(sodium: Volume, proton: Optional[Volume] = None, reference: Optional[Volume] = None,
                       mask: Optional[Volume] = None, lesion: Optional[Volume] = None,
                       proton_only: Optional[Volume] = None, noise_sigma: Optional[float] = None):
@@ -209,7 +199,7 @@ def prepare_denoising(sodium: Volume, proton: Optional[Volume] = None, reference
     sq = (lambda a: a[0] if (a is not None and squeeze) else a)
     support = sq(user_mask) if user_mask is not None else head_mask(arr)
     problem, scale = normalised_problem(arr, Identity(arr.shape), arr, tuple(reversed(sodium.spacing[: arr.ndim])),
-                                        support, noise_sigma, proton=normalise_proton(sq(proton_grid)),
+                                        support, noise_sigma, proton=sq(proton_grid),
                                         reference=sq(ref))
     inputs = {"sodium": sodium}
     if proton_grid is not None:

@@ -143,6 +143,17 @@ def intensity_scale(magnitude: np.ndarray, support: Optional[np.ndarray] = None,
     return scale
 
 
+def normalise_proton(proton: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The guide's rule: the proton image on the reconstruction grid divided by its 99.9th percentile (None
+    passes through). InputError when it holds no positive signal."""
+    if proton is None:
+        return None
+    pscale = float(np.percentile(proton, 99.9))
+    if pscale <= 0:
+        raise InputError("proton: no positive signal on the reconstruction grid; expected a registered proton image")
+    return proton / pscale
+
+
 def normalised_problem(measurement, operator: LinearOperator, magnitude: np.ndarray, spacing: tuple,
                        support: Optional[np.ndarray], noise_sigma: Optional[float] = None,
                        proton: Optional[np.ndarray] = None, reference: Optional[np.ndarray] = None,
@@ -154,7 +165,7 @@ def normalised_problem(measurement, operator: LinearOperator, magnitude: np.ndar
     magnitude:   the input as a magnitude image on the reconstruction grid (the image itself when denoising,
                  the zero-filled / gridding magnitude for k-space): it sets the scale and is the initial image.
     noise_sigma: noise std of y per real channel in the input's units (None: estimated from ``magnitude``).
-    proton:      the guide on the grid, passed through (its own scale is the caller's; pipeline.normalise_proton).
+    proton:      the registered proton image on the grid, any units (normalised by ``normalise_proton``).
     reference:   monitoring only, in the input's units (scaled like the data).
     """
     initial = np.asarray(magnitude)
@@ -165,7 +176,7 @@ def normalised_problem(measurement, operator: LinearOperator, magnitude: np.ndar
     else:
         y = torch.from_numpy(np.ascontiguousarray(np.asarray(measurement) / scale))
     problem = Problem(measurement=y, operator=operator, image_shape=tuple(initial.shape), spacing=tuple(spacing),
-                      initial=initial / scale, proton=proton, support=support, noise_sigma=sigma / scale,
-                      magnitude=magnitude_data, n_channels=n_channels,
+                      initial=initial / scale, proton=normalise_proton(proton), support=support,
+                      noise_sigma=sigma / scale, magnitude=magnitude_data, n_channels=n_channels,
                       reference=None if reference is None else reference / scale)
     return problem, scale

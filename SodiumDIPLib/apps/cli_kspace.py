@@ -164,7 +164,7 @@ def cmd_reconstruct(args) -> int:
     from SodiumDIPLib.apps.cli import check_run_request, print_run_summary, write_run
     from SodiumDIPLib.apps.console import progress_printer, read_optional
     from SodiumDIPLib.physics.kspace import kspace_problem
-    from SodiumDIPLib.pipeline import normalise_proton, on_grid, run_method, run_output
+    from SodiumDIPLib.pipeline import on_grid, run_method, run_output
     from SodiumDIPLib.physics.rawio import read_raw
 
     from SodiumDIPLib.apps.report.cli import check_report_point
@@ -190,7 +190,7 @@ def cmd_reconstruct(args) -> int:
     lesion = read_optional(args.lesion, "lesion")
     ponly = read_optional(args.proton_only, "proton-only")
     check_report_point(args, grid)
-    p = normalise_proton(sq(on_grid(proton, grid, "proton", label=False)))
+    p = sq(on_grid(proton, grid, "proton", label=False))
     ref = sq(on_grid(reference, grid, "reference", label=False))
     user_mask = sq(on_grid(mask, grid, "mask", label=True))
     les = sq(on_grid(lesion, grid, "lesion", label=True))

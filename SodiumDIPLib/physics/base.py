@@ -145,12 +145,14 @@ class Modelled(LinearOperator):
 
     def forward(self, x):
         if tuple(x.shape) != self.ishape:
-            raise InputError(f"image of shape {tuple(x.shape)} does not match the operator's image shape {self.ishape}")
+            raise InputError(f"image of shape {tuple(x.shape)} does not match the operator's image shape "
+                             f"{self.ishape}")
         return self.model.forward(x)
 
     def adjoint(self, y):
         if tuple(y.shape) != self.oshape:
-            raise InputError(f"k-space of shape {tuple(y.shape)} does not match the operator's output shape {self.oshape}")
+            raise InputError(f"k-space of shape {tuple(y.shape)} does not match the operator's output shape "
+                             f"{self.oshape}")
         return self.model.adjoint(y)
 
 

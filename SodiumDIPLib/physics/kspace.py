@@ -202,7 +202,8 @@ def kspace_problem(kspace, mask=None, trajectory=None, image_shape: Optional[tup
     trajectory:    radial trajectory (..., d) in cycles/pixel in [-0.5, 0.5); needs ``image_shape``.
     sensitivities: (coils, *image_shape) maps; default: estimated from the calibration region by
                    ``coil_combination`` ("walsh", or "sos" = coil / root-sum-of-squares ratio), Walsh box ``kernel``.
-    proton, reference, support: images on the reconstruction grid (array order).
+    proton, reference, support: images on the reconstruction grid (array order); the proton in any units
+                   (problem.normalise_proton scales it).
                    ``reference`` is in the data's units (it is normalised here like the data).
     spacing:       voxel size in mm in array axis order ([z,] y, x) (default 1 mm).
     noise_sigma:   k-space noise std per real channel in the data's units (default: from the periphery).
