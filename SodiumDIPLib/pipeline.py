@@ -21,15 +21,13 @@ import torch
 
 from SodiumDIPLib import __version__
 from SodiumDIPLib.errors import Cancelled, InputError
-from SodiumDIPLib.data.io import check_output_path, json_default, validate_volume, write_text_atomic, write_volume
+from SodiumDIPLib.data.io import check_output_path, json_default, validate_volume
 from SodiumDIPLib.methods import get_method
-from SodiumDIPLib.problem import SCALE_PERCENTILE, Problem, RunContext
+from SodiumDIPLib.problem import MethodResult, Problem, RunContext, normalised_problem
 from SodiumDIPLib.physics.base import Identity
 from SodiumDIPLib.data.resample import resample_to_grid, same_grid
-from SodiumDIPLib.data.support import estimate_noise_sigma, head_mask
+from SodiumDIPLib.data.support import head_mask
 from SodiumDIPLib.data.volume import Volume
-
-#: The input's robust maximum (this percentile inside the support) becomes 1 before a method runs.
 
 
 @dataclass
@@ -51,7 +49,7 @@ class RunOutput:
     seed: int = 0
     version: str = __version__
     inputs: dict = field(default_factory=dict)
-    scale: float = 1.0
+    scale: float = 1.0  # the input value that the normalisation mapped to 1 (input units)
 
     def summary(self) -> dict:
         """JSON-ready description of the run (no arrays)."""
@@ -139,10 +137,7 @@ def run_method(problem: Problem, method: str = "dipfusion", preset: str = "balan
                on_progress: Optional[Callable] = None, should_cancel: Optional[Callable[[], bool]] = None):
     """Run a registered method on a prepared problem. Returns (MethodResult, info dict with seconds, memory, ...)."""
     spec = get_method(method)
-    if not problem.operator.is_identity and not spec.supports_kspace:
-        raise InputError(f"method {method!r} works on images only; it cannot reconstruct from k-space")
-    if spec.needs_proton and problem.proton is None:
-        raise InputError(f"method {method!r} needs a proton volume (--proton)")
+    spec.check_inputs(problem.proton is not None, kspace=not problem.operator.is_identity)
     parameters = spec.parameters(preset, params)
     dev = resolve_device(device)
     seed_everything(seed)
@@ -182,16 +177,6 @@ def on_grid(vol: Optional[Volume], grid: Volume, role: str, label: bool) -> Opti
     return arr.astype(bool) if label else arr.astype(np.float32)
 
 
-def normalise_proton(proton: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """The proton image on the reconstruction grid scaled so its 99.9th percentile is 1 (None passes through)."""
-    if proton is None:
-        return None
-    pscale = float(np.percentile(proton, 99.9))
-    if pscale <= 0:
-        raise InputError("proton: no positive signal on the reconstruction grid; expected a registered proton image")
-    return proton / pscale
-
-
 def prepare_denoising(sodium: Volume, proton: Optional[Volume] = None, reference: Optional[Volume] = None,
                       mask: Optional[Volume] = None, lesion: Optional[Volume] = None,
                       proton_only: Optional[Volume] = None, noise_sigma: Optional[float] = None):
@@ -213,17 +198,9 @@ def prepare_denoising(sodium: Volume, proton: Optional[Volume] = None, reference
     ponly = on_grid(proton_only, sodium, "proton-only", label=True)
     sq = (lambda a: a[0] if (a is not None and squeeze) else a)
     support = sq(user_mask) if user_mask is not None else head_mask(arr)
-    scale = float(np.percentile(arr[support], SCALE_PERCENTILE)) if support.any() else float(arr.max())
-    if scale <= 0:
-        raise InputError("sodium: no positive signal inside the object; expected a magnitude image")
-    sigma = (noise_sigma if noise_sigma is not None else estimate_noise_sigma(arr)) / scale
-    p = normalise_proton(sq(proton_grid))
-    spacing = tuple(reversed(sodium.spacing[: arr.ndim]))
-    problem = Problem(
-        measurement=torch.from_numpy(np.ascontiguousarray(arr / scale)), operator=Identity(arr.shape),
-        image_shape=arr.shape, spacing=spacing, initial=arr / scale, proton=p, support=support,
-        noise_sigma=sigma, magnitude=True, n_channels=1,
-        reference=None if ref is None else sq(ref) / scale, lesion=sq(les), proton_only=sq(ponly))
+    problem, scale = normalised_problem(arr, Identity(arr.shape), arr, tuple(reversed(sodium.spacing[: arr.ndim])),
+                                        support, noise_sigma, proton=sq(proton_grid),
+                                        reference=sq(ref))
     inputs = {"sodium": sodium}
     if proton_grid is not None:
         inputs["proton_on_grid"] = sodium.with_array(proton_grid)
@@ -261,17 +238,32 @@ def denoise_volumes(sodium: Volume, proton: Optional[Volume] = None, method: str
             on_progress(event, (lambda: unsq(image_fn() * scale)) if image_fn is not None else None)
 
     result, info = run_method(problem, method, preset, params, seed, device, progress, should_cancel)
-    output = sodium.with_array(unsq(np.asarray(result.image, dtype=np.float32) * scale))
-    bias = None if result.bias_field is None else sodium.with_array(unsq(np.asarray(result.bias_field, np.float32)))
-    # Extras named "pilot*" are sodium images (normalised units): back to the input's units like the output.
-    extras = {name: _extra_volume(sodium, np.asarray(arr) * (scale if name.startswith("pilot") else 1.0), squeeze)
+    return run_output(result, info, sodium, scale, inputs, proton_only_contrast=proton_only_contrast)
+
+
+def run_output(result: MethodResult, info: dict, grid: Volume, unit: float, inputs: dict,
+               metrics: Optional[dict] = None, proton_only_contrast: Optional[float] = None,
+               magnitude: bool = False) -> RunOutput:
+    """The one place a method's result becomes a RunOutput.
+
+    Images go back to the input's units (normalised x ``unit``, the input value that became 1; extras named
+    "pilot*" are sodium images and scale too) and onto ``grid`` (a 2D result on a one-slice grid gains the
+    slice axis); ``magnitude``: the output is |x| (k-space reconstructions). ``info``: run_method's. Metrics
+    against ``inputs`` (compute_run_metrics) unless ``metrics`` are given."""
+    squeeze = np.ndim(result.image) == grid.ndim - 1
+    unsq = (lambda a: a[None] if squeeze else a)
+    image = np.asarray(result.image, dtype=np.float32)
+    output = grid.with_array(unsq((np.abs(image) if magnitude else image) * unit))
+    bias = None if result.bias_field is None else grid.with_array(unsq(np.asarray(result.bias_field, np.float32)))
+    extras = {name: _extra_volume(grid, np.asarray(arr) * (unit if name.startswith("pilot") else 1.0), squeeze)
               for name, arr in result.extras.items()}
-    metrics = compute_run_metrics(output, inputs, proton_only_contrast)
-    return RunOutput(output=output, bias_field=bias, metrics=metrics, method=method, preset=preset,
+    if metrics is None:
+        metrics = compute_run_metrics(output, inputs, proton_only_contrast)
+    return RunOutput(output=output, bias_field=bias, metrics=metrics, method=info["method"], preset=info["preset"],
                      params=result.params, history=result.history, stop_rule=result.stop_rule,
                      stop_iteration=result.stop_iteration, iterations=result.iterations,
                      seconds=info["seconds"], peak_memory_mb=info["peak_memory_mb"], extras=extras,
-                     device=info["device"], seed=seed, inputs=inputs, scale=scale)
+                     device=info["device"], seed=info["seed"], inputs=inputs, scale=unit)
 
 
 def _extra_volume(grid: Volume, arr, squeeze: bool):

@@ -1,8 +1,10 @@
 """What a method receives and returns, in the engine's normalised units, and the run's services.
 
-The pipeline (``SodiumDIPLib.pipeline``) builds a Problem from files or arrays by one normalisation rule (the
-input's SCALE_PERCENTILE-th percentile inside the object support becomes 1), calls a method and undoes the
-scaling, so methods work on images of order 1 and never see files, geometry or scaling.
+Every Problem is built by ``normalised_problem`` with one normalisation rule (``intensity_scale``: the
+SCALE_PERCENTILE-th percentile of the input's magnitude inside the object support becomes 1) -- for images
+(``pipeline.prepare_denoising``) and for k-space (``physics.kspace.kspace_problem``, where the input is the
+zero-filled / gridding image). The caller undoes the scaling, so methods work on images of order 1 and never
+see files, geometry or scaling.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 from SodiumDIPLib.data.support import estimate_noise_sigma
-from SodiumDIPLib.errors import Cancelled
+from SodiumDIPLib.errors import Cancelled, InputError
 from SodiumDIPLib.physics.base import LinearOperator
 
 #: Percentile of the input inside its support that the normalisation maps to 1.
@@ -36,7 +38,7 @@ class Problem:
     noise_sigma: standard deviation of the complex Gaussian noise of y per real channel (None: unknown).
     magnitude:   True when y is a magnitude image (Rician / noncentral-chi noise floor).
     n_channels:  channels combined by sum-of-squares into a magnitude y (1 = Rician).
-    reference, lesion, proton_only: optional, for monitoring curves only -- never used to fit.
+    reference:   optional, for monitoring curves only -- never used to fit.
     """
 
     measurement: torch.Tensor
@@ -50,8 +52,6 @@ class Problem:
     magnitude: bool = True
     n_channels: int = 1
     reference: Optional[np.ndarray] = None
-    lesion: Optional[np.ndarray] = None
-    proton_only: Optional[np.ndarray] = None
 
     @property
     def is_2d(self) -> bool:
@@ -119,3 +119,64 @@ def noise_sigma_of(problem: Problem) -> float:
     if problem.noise_sigma is not None and problem.noise_sigma > 0:
         return float(problem.noise_sigma)
     return float(estimate_noise_sigma(np.asarray(problem.initial, dtype=np.float32)))
+
+
+def relative_spacing(problem: Problem) -> Optional[tuple]:
+    """The voxel size relative to the finest axis, h / min(h), in array axis order (None: no spacing given).
+
+    Regularisers take this so that a weight keeps its meaning (per finest-voxel step) on anisotropic grids."""
+    if not problem.spacing:
+        return None
+    h = [float(s) for s in problem.spacing]
+    return tuple(s / min(h) for s in h)
+
+
+def intensity_scale(magnitude: np.ndarray, support: Optional[np.ndarray] = None, role: str = "sodium") -> float:
+    """The normalisation rule: the value (in the input's units) that becomes 1 -- the SCALE_PERCENTILE-th
+    percentile of ``magnitude`` inside ``support``, or its maximum when there is no support (None or empty).
+    InputError (naming ``role``) when that is not positive."""
+    a = np.asarray(magnitude)
+    scale = float(np.percentile(a[support], SCALE_PERCENTILE)) if support is not None and support.any() \
+        else float(a.max())
+    if not scale > 0:
+        raise InputError(f"{role}: no positive signal inside the object; expected a magnitude image")
+    return scale
+
+
+def normalise_proton(proton: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The guide's rule: the proton image on the reconstruction grid divided by its 99.9th percentile (None
+    passes through). InputError when it holds no positive signal."""
+    if proton is None:
+        return None
+    pscale = float(np.percentile(proton, 99.9))
+    if pscale <= 0:
+        raise InputError("proton: no positive signal on the reconstruction grid; expected a registered proton image")
+    return proton / pscale
+
+
+def normalised_problem(measurement, operator: LinearOperator, magnitude: np.ndarray, spacing: tuple,
+                       support: Optional[np.ndarray], noise_sigma: Optional[float] = None,
+                       proton: Optional[np.ndarray] = None, reference: Optional[np.ndarray] = None,
+                       magnitude_data: bool = True, n_channels: int = 1, role: str = "sodium") -> tuple:
+    """The one Problem builder: (Problem in normalised units, scale), every intensity divided by
+    scale = intensity_scale(magnitude, support).
+
+    measurement: y in the input's units (numpy or torch; an image for denoising, k-space otherwise).
+    magnitude:   the input as a magnitude image on the reconstruction grid (the image itself when denoising,
+                 the zero-filled / gridding magnitude for k-space): it sets the scale and is the initial image.
+    noise_sigma: noise std of y per real channel in the input's units (None: estimated from ``magnitude``).
+    proton:      the registered proton image on the grid, any units (normalised by ``normalise_proton``).
+    reference:   monitoring only, in the input's units (scaled like the data).
+    """
+    initial = np.asarray(magnitude)
+    scale = intensity_scale(initial, support, role)
+    sigma = noise_sigma if noise_sigma is not None else estimate_noise_sigma(initial)
+    if isinstance(measurement, torch.Tensor):
+        y = measurement / scale
+    else:
+        y = torch.from_numpy(np.ascontiguousarray(np.asarray(measurement) / scale))
+    problem = Problem(measurement=y, operator=operator, image_shape=tuple(initial.shape), spacing=tuple(spacing),
+                      initial=initial / scale, proton=normalise_proton(proton), support=support,
+                      noise_sigma=sigma / scale, magnitude=magnitude_data, n_channels=n_channels,
+                      reference=None if reference is None else reference / scale)
+    return problem, scale

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from SodiumDIPLib.physics.density import DensityWeighted
-from SodiumDIPLib.physics.base import Compose, Diag, Identity
+from SodiumDIPLib.physics.base import Compose, Diag, Identity, RealImages
 from SodiumDIPLib.physics.cartesian import CentredFFT, CoilSensitivities, MultiCoilCartesian, fftc
 from SodiumDIPLib.physics.differences import DirectionalProjection, FiniteDifference
 from SodiumDIPLib.physics.radial import RadialNUFFT, radial_trajectory
@@ -50,6 +50,8 @@ OPERATORS = {
     "radial NUFFT 3D": (lambda: _radial((8, 10, 8)), True, 1e-10),
     "density-weighted W^1/2 N S": (lambda: DensityWeighted(_radial((12, 12)), torch.rand(2, 24, 1) + 0.1), True,
                                    1e-10),
+    "gained Cartesian A diag(g) on real images": (lambda: _cartesian((8, 6)) @ Diag(torch.rand(8, 6) + 0.5)
+                                                  @ RealImages((8, 6)), True, 1e-12),
     "adjoint of Cartesian (A^H)": (lambda: _cartesian((8, 6)).H, False, 1e-12),
 }
 

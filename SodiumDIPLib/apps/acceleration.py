@@ -40,7 +40,7 @@ def run_acceleration_benchmark(methods=("zero-filled", "tv", "dtv", "dip", "dipf
     from SodiumDIPLib.methods import get_method
     from SodiumDIPLib.data.phantom import make_phantom
     from SodiumDIPLib.physics.simulate import phantom_kspace
-    from SodiumDIPLib.pipeline import normalise_proton, run_method
+    from SodiumDIPLib.pipeline import run_method
     from SodiumDIPLib.data.resample import resample_to_grid
 
     if kind not in ("cartesian", "radial"):
@@ -59,7 +59,7 @@ def run_acceleration_benchmark(methods=("zero-filled", "tv", "dtv", "dip", "dipf
     sim = phantom_kspace(case, n_coils=n_coils, kind=kind, seed=seed)
     truth = (case.sodium_truth.array * case.bias_field.array).astype(np.float32)
     brain = case.brain.array > 0
-    proton = normalise_proton(resample_to_grid(case.proton, case.sodium).array)
+    proton = resample_to_grid(case.proton, case.sodium).array
     image_shape = truth.shape
     spacing = tuple(reversed(case.sodium.spacing))[-len(image_shape):]
 

@@ -23,7 +23,6 @@ Timings on a shared machine are noisy: the JSON records the device and thread co
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from SodiumDIPLib.apps.cases import DEFAULT_METHODS, available, pick_metrics, real_pair
+from SodiumDIPLib.data.io import json_ready
 from SodiumDIPLib.errors import InputError
 
 ORIGINAL_DIP = dict(channels="128,128,128,128,128", skip_channels="4,4,4,4,4", input_channels=32, input_scale=0.1,
@@ -53,20 +53,6 @@ def _trajectory(result) -> dict:
     at = min(int(result.stop_iteration), len(ps) - 1)
     return {"best_psnr_support": float(ps[best]), "best_iteration": best, "psnr_support_at_stop": float(ps[at]),
             "gap_to_best_db": float(ps[best] - ps[at])}
-
-
-def _clean(obj):
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
 
 
 def phantom_case(shape=(48, 48, 48), seed: int = 0):
@@ -112,31 +98,23 @@ def run_phantom(methods, preset="fast", seed=0, device="auto", shape=(48, 48, 48
             rec["bias_corr_truth"] = float(np.corrcoef(result.bias_field[sup], tb[sup])[0, 1])
         rows[name] = rec
         if runs is not None:
-            runs.append(_run_output(case, problem, scale, name, preset, seed, result, info, m))
+            runs.append(_run_output(case, problem, scale, result, info, m))
         if verbose:
             print(f"  phantom {name}: psnr {rec['metrics'].get('psnr_mask', float('nan')):.2f} dB, "
                   f"{info['seconds']:.1f} s", flush=True)
     return rows
 
 
-def _run_output(case, problem, scale, name, preset, seed, result, info, metrics):
+def _run_output(case, problem, scale, result, info, metrics):
     """A benchmark result as the pipeline's RunOutput, with the phantom's volumes as inputs (for reports)."""
-    from SodiumDIPLib.pipeline import RunOutput
+    from SodiumDIPLib.pipeline import run_output
 
     grid = case.sodium
-    on_grid = (lambda a: grid.with_array(np.asarray(a, np.float32)))
-    extras = {k: (on_grid(np.asarray(v) * (scale if k.startswith("pilot") else 1.0))
-                  if np.shape(v) == grid.shape else np.asarray(v)) for k, v in result.extras.items()}
     inputs = {"sodium": grid, "reference": case.sodium_truth, "mask": case.brain, "lesion": case.lesion,
               "proton_only": case.proton_only}
     if problem.proton is not None:
-        inputs["proton_on_grid"] = on_grid(problem.proton)
-    return RunOutput(output=on_grid(np.asarray(result.image) * scale),
-                     bias_field=None if result.bias_field is None else on_grid(result.bias_field),
-                     metrics=metrics, method=name, preset=preset, params=result.params, history=result.history,
-                     stop_rule=result.stop_rule, stop_iteration=result.stop_iteration, iterations=result.iterations,
-                     seconds=info["seconds"], peak_memory_mb=info["peak_memory_mb"], extras=extras,
-                     device=info["device"], seed=seed, inputs=inputs, scale=scale)
+        inputs["proton_on_grid"] = grid.with_array(np.asarray(problem.proton, np.float32))
+    return run_output(result, info, grid, scale, inputs, metrics=metrics)
 
 
 def run_real(data_dir, methods, preset="fast", seed=0, device="auto", params=None, verbose=True) -> dict:
@@ -216,7 +194,7 @@ def run_benchmark(methods=None, data=None, preset: str = "fast", seed: int = 0, 
         report["real"] = run_real(data, names, preset, seed, device, params, verbose)
     if speed:
         report["speed"] = run_speed(preset, seed, device, speed_shape, speed_budget_s, verbose, params)
-    return _clean(report)
+    return json_ready(report)
 
 
 def format_table(report: dict) -> str:
@@ -291,7 +269,7 @@ def cmd_acceleration(args, methods) -> int:
     if args.json:
         from SodiumDIPLib.data.io import write_text_atomic
 
-        write_text_atomic(json.dumps(_clean(result), indent=1), args.json)
+        write_text_atomic(json.dumps(json_ready(result), indent=1), args.json)
     return 0
 
 
@@ -317,7 +295,7 @@ def run_suite_from_args(args, methods) -> int:
     if args.json:
         from SodiumDIPLib.data.io import write_text_atomic
 
-        write_text_atomic(json.dumps(_clean(report), indent=1), args.json)
+        write_text_atomic(json.dumps(json_ready(report), indent=1), args.json)
     return 0
 
 

@@ -104,7 +104,7 @@ def undersample_outputs(out: Path, fmt: str) -> dict:
 
 
 def cmd_undersample(args) -> int:
-    from SodiumDIPLib.data.io import stage_text, stage_volume
+    from SodiumDIPLib.data.io import json_default, stage_text, stage_volume
     from SodiumDIPLib.physics.kspace import undersample_case
     from SodiumDIPLib.data.preflight import Plan, check_seed
     from SodiumDIPLib.physics.rawio import RawData, read_raw, write_raw_npz
@@ -149,7 +149,7 @@ def cmd_undersample(args) -> int:
                   "files": {k: Path(v).name for k, v in paths.items()}}
         if case.spokes is not None:
             record["spokes_kept"] = int(len(case.spokes))
-        stage_text(staging, json.dumps(record, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)),
+        stage_text(staging, json.dumps(record, indent=2, default=json_default),
                    targets["case"])
         staging.commit()
     print(f"undersampled {args.input}: R = {case.acceleration:.2f} (asked {case.requested:g}), seed {case.seed}, "
@@ -164,7 +164,7 @@ def cmd_reconstruct(args) -> int:
     from SodiumDIPLib.apps.cli import check_run_request, print_run_summary, write_run
     from SodiumDIPLib.apps.console import progress_printer, read_optional
     from SodiumDIPLib.physics.kspace import kspace_problem
-    from SodiumDIPLib.pipeline import RunOutput, compute_run_metrics, normalise_proton, on_grid, run_method
+    from SodiumDIPLib.pipeline import on_grid, run_method, run_output
     from SodiumDIPLib.physics.rawio import read_raw
 
     from SodiumDIPLib.apps.report.cli import check_report_point
@@ -177,8 +177,7 @@ def cmd_reconstruct(args) -> int:
     inputs = {"raw-data": args.input, "proton": args.proton, "reference": args.reference, "mask": args.mask,
               "lesion": args.lesion, "proton-only": args.proton_only}
     spec, overrides, params = check_run_request(args, inputs)
-    if not spec.supports_kspace:
-        raise InputError(f"method {args.method!r} works on images only; it cannot reconstruct from k-space")
+    spec.check_inputs(has_proton=args.proton is not None, kspace=True)
     raw = read_raw(args.input)
     if raw.domain != "kspace":
         raise InputError(f"{args.input}: holds coil images; reconstruct needs k-space (key 'kspace')")
@@ -190,10 +189,8 @@ def cmd_reconstruct(args) -> int:
     mask = read_optional(args.mask, "mask")
     lesion = read_optional(args.lesion, "lesion")
     ponly = read_optional(args.proton_only, "proton-only")
-    if spec.needs_proton and proton is None:
-        raise InputError(f"method {args.method!r} needs a proton volume (--proton)")
     check_report_point(args, grid)
-    p = normalise_proton(sq(on_grid(proton, grid, "proton", label=False)))
+    p = sq(on_grid(proton, grid, "proton", label=False))
     ref = sq(on_grid(reference, grid, "reference", label=False))
     user_mask = sq(on_grid(mask, grid, "mask", label=True))
     les = sq(on_grid(lesion, grid, "lesion", label=True))
@@ -201,26 +198,21 @@ def cmd_reconstruct(args) -> int:
     spacing = tuple(reversed(grid.spacing))[-raw.ndim:]
     kp = kspace_problem(raw.data, mask=raw.mask if raw.trajectory is None else None, trajectory=raw.trajectory,
                         image_shape=raw.image_shape, proton=p, spacing=spacing, noise_sigma=args.noise_sigma,
-                        coil_combination=args.combine, kernel=args.kernel, reference=ref, lesion=les,
-                        proton_only=po, support=user_mask)
+                        coil_combination=args.combine, kernel=args.kernel, reference=ref, support=user_mask)
     on_progress, close = progress_printer(args, params.get("iterations"))
     unsq = (lambda a: a[None] if squeeze else a)
     progress = None
     if on_progress is not None:
         def progress(event, image_fn):
-            on_progress(event, (lambda: unsq(image_fn() / kp.scale)) if image_fn is not None else None)
+            on_progress(event, (lambda: unsq(image_fn() * kp.unit)) if image_fn is not None else None)
     try:
         result, info = run_method(kp.problem, args.method, args.preset, overrides, args.seed, args.device, progress)
     finally:
         close()
-    output = grid.with_array(unsq(np.abs(np.asarray(result.image, np.float32)) / kp.scale).astype(np.float32))
-    bias = None if result.bias_field is None else grid.with_array(unsq(np.asarray(result.bias_field, np.float32)))
-    if args.bias_field and bias is None:
+    if args.bias_field and result.bias_field is None:
         raise InputError(f"method {args.method!r} does not estimate a bias field; drop --bias-field")
-    extras = {name: grid.with_array(unsq(np.asarray(a, np.float32) / (kp.scale if name.startswith("pilot") else 1.0)))
-              for name, a in result.extras.items() if np.shape(a) == tuple(kp.problem.image_shape)}
     # the zero-filled / gridding image plays the part of the measured "sodium" input
-    inputs = {"sodium": grid.with_array(unsq(kp.problem.initial / kp.scale).astype(np.float32))}
+    inputs = {"sodium": grid.with_array(unsq(kp.problem.initial * kp.unit).astype(np.float32))}
     if ref is not None:
         inputs["reference"] = grid.with_array(unsq(ref).astype(np.float32))
     support = kp.problem.support
@@ -230,12 +222,7 @@ def cmd_reconstruct(args) -> int:
         inputs["lesion"] = grid.with_array(unsq(les).astype(np.uint8))
     if po is not None:
         inputs["proton_only"] = grid.with_array(unsq(po).astype(np.uint8))
-    metrics = compute_run_metrics(output, inputs)
-    run = RunOutput(output=output, bias_field=bias, metrics=metrics, method=args.method, preset=args.preset,
-                    params=result.params, history=result.history, stop_rule=result.stop_rule,
-                    stop_iteration=result.stop_iteration, iterations=result.iterations, seconds=info["seconds"],
-                    peak_memory_mb=info["peak_memory_mb"], extras=extras, device=info["device"], seed=args.seed,
-                    inputs=inputs, scale=kp.scale)
+    run = run_output(result, info, grid, kp.unit, inputs, magnitude=True)
     kinfo = {"kind": kp.kind, "coils": int(raw.n_coils), "coil_combination": kp.combination,
              "noise_sigma": kp.noise_sigma, "noise_source": kp.noise_source, "scale": kp.scale,
              "acceleration": kp.details.get("acceleration")}

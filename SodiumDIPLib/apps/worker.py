@@ -42,6 +42,8 @@ import time
 import traceback
 from pathlib import Path
 
+from SodiumDIPLib.data.io import json_default, json_ready
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_JOB = 2
@@ -76,42 +78,10 @@ class Emitter:
     def emit(self, _event: str, **fields) -> None:
         record = {"event": _event}
         record.update(fields)
-        line = json.dumps(record, default=_json_default, allow_nan=False)
+        line = json.dumps(record, default=json_default, allow_nan=False)
         with self.lock:
             self.stream.write(line + "\n")
             self.stream.flush()
-
-
-def _json_default(obj):
-    try:
-        import numpy as np
-
-        if isinstance(obj, (np.floating, np.integer)):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
-
-
-def _finite(value):
-    """JSON has no NaN/inf: numbers that are not finite become None; nested dicts are cleaned too."""
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if isinstance(value, int):
-        return value
-    return f if math.isfinite(f) else None
 
 
 # --- job file -------------------------------------------------------------------------------------------
@@ -310,7 +280,7 @@ class Run:
             metrics = {k: v for k, v in event.items()
                        if k not in ("iteration", "elapsed", "loss", "max_iterations")
                        and isinstance(v, (int, float)) and not isinstance(v, bool)}
-            self.emitter.emit("progress", **_finite({
+            self.emitter.emit("progress", **json_ready({
                 "iteration": iteration, "loss": event.get("loss"), "metrics": metrics,
                 "elapsed": elapsed, "eta": eta, "max_iterations": total}))
         interval = self.job["snapshot_interval_s"]
@@ -421,7 +391,7 @@ def execute(job: dict, emitter: Emitter, run: Run) -> int:
     for snap in run.snapshots:  # the result supersedes them
         Path(snap).unlink(missing_ok=True)
     cancelled = result.stop_rule == "cancelled"
-    emitter.emit("result", **_finite({
+    emitter.emit("result", **json_ready({
         "output": paths["output"], "bias_field": paths.get("bias_field"), "metrics_json": paths["metrics_json"],
         "params": paths["params"], "metrics": result.metrics, "stop_rule": result.stop_rule,
         "iterations": result.iterations, "stop_iteration": result.stop_iteration, "seconds": result.seconds,
@@ -443,7 +413,7 @@ def main(argv=None) -> int:
     emitter = Emitter()
     if argv == ["--describe"]:  # the GUI asks here, so torch is never imported in its own process
         try:
-            emitter.emit("methods", methods=_finite(describe_methods()))
+            emitter.emit("methods", methods=json_ready(describe_methods()))
         except Exception as exc:  # noqa: BLE001
             traceback.print_exc(file=sys.stderr)
             emitter.emit("error", message=f"cannot list the methods: {type(exc).__name__}: {exc}", kind="internal")

@@ -7,6 +7,7 @@ are renamed into place, so a crash never leaves a half-written file.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -282,10 +283,27 @@ def write_text_atomic(text: str, path) -> Path:
     return path
 
 
+def json_ready(value):
+    """``value`` as plain JSON values, recursively: mapping keys as str, tuples and numpy arrays as lists, numpy
+    scalars as Python numbers, non-finite floats as None (JSON has no NaN / inf), anything else (a path) as
+    its str(). The engine's one JSON cleaner (result files, the worker's events, benchmark records)."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(float(value)) else None
+    return str(value)
+
+
 def json_default(obj):
-    """``json.dumps(default=...)`` for what results hold: numpy scalars and arrays, paths; else its str()."""
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
+    """``json.dumps(default=...)`` for what results hold (numpy scalars and arrays, paths): ``json_ready``."""
+    return json_ready(obj)

@@ -36,8 +36,8 @@ def estimate_noise_sigma(image: np.ndarray) -> float:
     """Standard deviation of the Gaussian noise of an image (same units as the image).
 
     Donoho's robust MAD of the finest diagonal db2 wavelet sub-band (``skimage.restoration.estimate_sigma``):
-    smooth anatomy hardly reaches that sub-band, edges are outliers the median ignores. On the real 7 T pair
-    (c2p_naa_6) it gives 9.16 where the two-repeat difference gives 9.01. In a magnitude image the background
+    smooth anatomy hardly reaches that sub-band, edges are outliers the median ignores (its accuracy on the real
+    pair: docs/measurements.md). In a magnitude image the background
     noise floor (Rayleigh / noncentral chi) is included; it biases the estimate low by at most ~1/3 where the
     background dominates.
     """

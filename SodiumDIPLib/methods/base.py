@@ -42,6 +42,14 @@ class Method:
             params[key] = value if declared_param(self.name, key) else _coerce_like(params[key], value, key)
         return validate_params(self.name, params)
 
+    def check_inputs(self, has_proton: bool, kspace: bool = False) -> None:
+        """The one input rule, from the declaration: k-space data only for a method that supports_kspace, and a
+        proton volume for a method that needs_proton. InputError naming what is missing otherwise."""
+        if kspace and not self.supports_kspace:
+            raise InputError(f"method {self.name!r} works on images only; it cannot reconstruct from k-space")
+        if self.needs_proton and not has_proton:
+            raise InputError(f"method {self.name!r} needs a proton volume (--proton)")
+
     def describe(self) -> dict:
         """What a GUI needs to build its panel: presets, availability and every parameter's declaration."""
         reason = self.availability()

@@ -1,9 +1,8 @@
 """`bm4d`: BM4D collaborative filtering (Maggioni et al. 2013) via the optional ``bm4d`` package.
 
 Image denoising only (no k-space operator), no anatomical guidance. sigma = Problem.noise_sigma (estimated
-from the data when unknown) times ``sigma_scale`` (default 1, the noise level itself; measured: 1.3 is best on
-the head phantom, where the pipeline's noise estimate reads ~25 % low, and hard thresholding alone wants ~0.7
-on the real 7 T pair). Presets: fast = the low-complexity profile ("lc") with hard thresholding only,
+from the data when unknown) times ``sigma_scale`` (default 1, the noise level itself; how other values fare:
+docs/measurements.md). Presets: fast = the low-complexity profile ("lc") with hard thresholding only,
 balanced = "lc" with both stages, quality = the normal profile ("np"), both stages.
 The ``bm4d`` package has a non-commercial licence: it is an optional extra and never required.
 Receive bias: ``bias_correction="auto"`` (default) is "n4" where N4 finds a receive bias in the data and "none"

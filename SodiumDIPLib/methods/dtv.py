@@ -19,12 +19,12 @@ from SodiumDIPLib.errors import InputError
 from SodiumDIPLib.priors.guidance import direction_field, gaussian_smooth, normalise_guide
 from SodiumDIPLib.params import validate as validate_params
 from SodiumDIPLib.methods.base import Method, MethodResult, Problem, RunContext, register
-from SodiumDIPLib.methods.tv import relative_spacing, solve_variational
+from SodiumDIPLib.problem import relative_spacing
+from SodiumDIPLib.solvers.variational import solve_variational
 
 DESCRIPTION = "Proton-guided directional total variation (PDHG), the classical anatomically guided baseline"
 
-# gamma, eta tuned on the head phantom (32^3..64^3, 64^2 slice, SNR 10); lambda_sigma: SURE search centre
-# (fixed-lambda optimum: ~0.75 on the phantom, ~0.2 on the real 7 T pair)
+# gamma, eta: tuned on the head phantom; lambda_sigma: the SURE search centre (docs/variational.md)
 _COMMON = dict(lambda_sigma=0.6, kspace_lambda_sigma=0.15, lambda_select="sure", gamma=0.98, eta=0.08, guide_smoothing_vox=0.0, nonneg=True,
                bias_correction="auto", bregman_steps=1, bregman_weight_factor=3.0)
 PRESETS = {

@@ -232,8 +232,8 @@ def lpips_distance(x, reference, weights=None, data_range: float | None = None, 
     """LPIPS between two 2D or 3D arrays (0 = identical; larger = more different). See the module docstring.
 
     ``threads``: torch intra-op threads while evaluating (restored afterwards). The work is tiny for sodium
-    images, and one thread avoids thread-pool overhead that dominates on a busy machine (20 ms vs 0.5 s for
-    two 32x32 slices measured on a loaded 2-core box); None keeps torch's setting.
+    images, and one thread avoids thread-pool overhead that dominates on a busy machine
+    (docs/measurements.md); None keeps torch's setting.
     Raises LPIPSUnavailable when there are no usable weights, InputError for bad arrays.
     """
     x = np.asarray(x, dtype=np.float32)

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from SodiumDIPLib.errors import InputError
+
 
 class LinearOperator:
     """A linear map from images of shape ``ishape`` to measurements of shape ``oshape``.
@@ -131,6 +133,29 @@ class Compose(LinearOperator):
         return self
 
 
+class Modelled(LinearOperator):
+    """A named forward model (``self.model``, usually a Compose such as P @ F @ S) that refuses inputs of the
+    wrong shape with an InputError naming both shapes."""
+
+    model: LinearOperator
+
+    def to(self, device):
+        self.model = self.model.to(device)
+        return self
+
+    def forward(self, x):
+        if tuple(x.shape) != self.ishape:
+            raise InputError(f"image of shape {tuple(x.shape)} does not match the operator's image shape "
+                             f"{self.ishape}")
+        return self.model.forward(x)
+
+    def adjoint(self, y):
+        if tuple(y.shape) != self.oshape:
+            raise InputError(f"k-space of shape {tuple(y.shape)} does not match the operator's output shape "
+                             f"{self.oshape}")
+        return self.model.adjoint(y)
+
+
 class Diag(LinearOperator):
     """Pointwise multiplication by ``weights`` (broadcast against the input; adjoint: by conj(weights)).
 
@@ -160,6 +185,22 @@ class Diag(LinearOperator):
     def to(self, device):
         self.weights = self.weights.to(device)
         return self
+
+
+class RealImages(LinearOperator):
+    """The embedding of real images in complex ones, x -> x + 0i; its adjoint (real inner product) is Re.
+
+    ``A @ Diag(g) @ RealImages(shape)`` is A diag(g) on real images whose adjoint returns real images, as PDHG
+    needs (x = the bias-free image under a receive bias g)."""
+
+    def __init__(self, shape: tuple):
+        self.ishape = self.oshape = tuple(shape)
+
+    def forward(self, x):
+        return x
+
+    def adjoint(self, y):
+        return y.real.contiguous() if y.is_complex() else y
 
 
 class Identity(LinearOperator):

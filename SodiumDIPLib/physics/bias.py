@@ -150,10 +150,8 @@ def proton_regression_init(image: np.ndarray, proton: np.ndarray, support: np.nd
     receive bias (tissue-class-conditioned bias estimation, as in EM segmentation-based correction). ``classes``
     (1..8): sodium classes, k-means of the bias-corrected log intensity, re-drawn over ``rounds`` rounds
     (classes = 1: proton intensity alone). Huber-weighted iterative least squares, so sodium-only findings are
-    outliers rather than bias. ``basis`` is :func:`legendre_basis`'s output.
-    Measured (degree 3, 8 bins; Pearson with the true / measured bias; docs/method.md): proton alone 0.20 on the
-    48^3 phantom (its dark CSF and dark skull share one proton intensity) and 0.79 on the 7 T pair (naa_6 vs
-    naa_6/nav_7); 4 k-means classes 0.987 and 0.776 (4 quantile classes: 0.85 and 0.82); N4 0.98 and 0.03.
+    outliers rather than bias. ``basis`` is :func:`legendre_basis`'s output. How well it recovers a known bias,
+    against N4: docs/measurements.md.
     """
     from scipy import ndimage as ndi
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.physics.base import Diag, LinearOperator
+from SodiumDIPLib.physics.base import Diag, LinearOperator, Modelled
 
 
 def _axes(ndim: int) -> tuple:
@@ -119,7 +119,7 @@ class CentredFFT(LinearOperator):
         return ifftc(k, self.ndim)
 
 
-class MultiCoilCartesian(LinearOperator):
+class MultiCoilCartesian(Modelled):
     """y[c] = mask * FFT(S[c] * x), i.e. y = P F S x: image (``image_shape``) -> k-space (coils, *image_shape),
     zero off the mask.
 
@@ -156,20 +156,6 @@ class MultiCoilCartesian(LinearOperator):
     @property
     def n_coils(self) -> int:
         return int(self.sens.shape[0])
-
-    def to(self, device) -> "MultiCoilCartesian":
-        self.model = self.model.to(device)
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape) != self.ishape:
-            raise InputError(f"image of shape {tuple(x.shape)} does not match the operator's image shape {self.ishape}")
-        return self.model.forward(x)
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        if tuple(y.shape) != self.oshape:
-            raise InputError(f"k-space of shape {tuple(y.shape)} does not match the operator's output shape {self.oshape}")
-        return self.model.adjoint(y)
 
     def zero_filled(self, y: torch.Tensor) -> torch.Tensor:
         """Zero-filled, sensitivity-weighted coil combination: sum_c conj(S_c) F^H y_c / sum_c |S_c|^2."""

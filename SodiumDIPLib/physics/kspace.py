@@ -2,9 +2,9 @@
 
 kspace_problem builds what every method gets (methods.base.Problem) with a k-space data term:
 operator A = multi-coil Cartesian (mask * FFT * S) or radial NUFFT, measurement y, and the zero-filled /
-gridding image as the initial estimate. The pipeline cannot rescale k-space by itself, so the data are
-normalised here (the initial image's robust maximum becomes 1) and the scale is returned: multiply a
-reconstruction by 1 / scale to return to the data's units.
+gridding image as the initial estimate. The data are normalised here by the engine's one rule
+(problem.normalised_problem: the 99.5th percentile of the zero-filled / gridding magnitude inside the object
+support becomes 1) and the factor is returned: divide a reconstruction by ``scale`` to return to the data's units.
 
 Sensitivities are given, or estimated from the calibration region (the fully sampled k-space centre;
 for radial, the densely sampled centre) by Walsh's method (or as coil / sum-of-squares ratios). The
@@ -23,30 +23,23 @@ from scipy import ndimage as ndi
 
 from SodiumDIPLib.physics.coils import combine_coils, estimate_sensitivities, sum_of_squares
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.problem import Problem
+from SodiumDIPLib.problem import Problem, normalised_problem
 from SodiumDIPLib.physics.cartesian import MultiCoilCartesian, ifftc_np
 from SodiumDIPLib.physics.radial import RadialNUFFT, grid_coil_images, validate_trajectory
 from SodiumDIPLib.physics.sampling import cartesian_mask, mask_acceleration, radial_spoke_subset
-
-ROBUST_PERCENTILE = 99.5  # "robust max" of an image: this percentile of its magnitude
-
-
-def robust_max(image: np.ndarray) -> float:
-    m = float(np.percentile(np.abs(image), ROBUST_PERCENTILE))
-    return m if m > 0 else float(np.abs(image).max())
-
 
 @dataclass
 class KspaceProblem:
     """kspace_problem's result: the Problem plus what is needed to interpret it.
 
     problem:       methods.base.Problem (normalised units; problem.magnitude is False).
-    scale:         data were multiplied by this; divide a reconstruction by it for the original units.
+    scale:         1 / the intensity scale (problem.intensity_scale): divide a reconstruction by it for the data's units.
     sensitivities: (coils, *image_shape) used by the operator (phase of the object included when absorbed).
     combination:   how the sensitivities were obtained: "given", "walsh", "sos" or "single-coil".
     noise_sigma:   k-space noise std per real channel in the original units (given or estimated).
     noise_source:  "given" or "k-space periphery".
     kind:          "cartesian" or "radial".
+    unit:          the data-units value of normalised intensity 1 (problem.intensity_scale; about 1 / scale).
     """
 
     problem: Problem
@@ -57,6 +50,7 @@ class KspaceProblem:
     noise_source: str
     kind: str
     details: dict = field(default_factory=dict)
+    unit: float = 1.0
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -118,9 +112,7 @@ def calibration_images(kspace: np.ndarray, mask: np.ndarray, calibration: Option
     """Low-resolution coil images from the fully sampled k-space centre (Hann-tapered), (coils, *shape).
 
     The Hann taper is two lines wider than the calibration block, so every calibration line keeps a non-zero
-    weight (a taper of the block's own width zeroes its outer lines: with the 4-line block of a 32^3 R = 4 mask
-    only 3 lines remained and the Walsh maps missed 18% of the coil images' energy in the brain, against 10%
-    with the wider taper; dtv at R = 4: 27.23 -> 27.60 dB; docs/nufft.md).
+    weight (a taper of the block's own width zeroes its outer lines; docs/measurements.md).
     """
     shape = kspace.shape[1:]
     c = calibration_size(mask) if calibration is None else int(calibration)
@@ -201,7 +193,7 @@ def _array_or_none(a, shape, role):
 def kspace_problem(kspace, mask=None, trajectory=None, image_shape: Optional[tuple] = None, sensitivities=None,
                    proton=None, spacing: Optional[tuple] = None, noise_sigma: Optional[float] = None,
                    coil_combination: str = "walsh", kernel: int = 5, calibration: Optional[int] = None,
-                   absorb_phase: bool = True, reference=None, lesion=None, proton_only=None, support=None,
+                   absorb_phase: bool = True, reference=None, support=None,
                    dcf=None, backend: str = "finufft") -> KspaceProblem:
     """Problem with a k-space data term from multi-coil k-space.
 
@@ -210,7 +202,8 @@ def kspace_problem(kspace, mask=None, trajectory=None, image_shape: Optional[tup
     trajectory:    radial trajectory (..., d) in cycles/pixel in [-0.5, 0.5); needs ``image_shape``.
     sensitivities: (coils, *image_shape) maps; default: estimated from the calibration region by
                    ``coil_combination`` ("walsh", or "sos" = coil / root-sum-of-squares ratio), Walsh box ``kernel``.
-    proton, reference, lesion, proton_only, support: images on the reconstruction grid (array order).
+    proton, reference, support: images on the reconstruction grid (array order); the proton in any units
+                   (problem.normalise_proton scales it).
                    ``reference`` is in the data's units (it is normalised here like the data).
     spacing:       voxel size in mm in array axis order ([z,] y, x) (default 1 mm).
     noise_sigma:   k-space noise std per real channel in the data's units (default: from the periphery).
@@ -260,11 +253,10 @@ def kspace_problem(kspace, mask=None, trajectory=None, image_shape: Optional[tup
     phase = None
     if absorb_phase:
         # phase reference: the calibration images combined with the maps (the combined low-resolution image:
-        # smooth phase, free of aliasing); the aliased zero-filled image's phase left the real image model
-        # unable to fit the data (dtv at R = 4 on the 32^3 phantom: 26.64 dB with it, 27.23 with the
-        # calibration phase, 27.22 with no phase absorbed). Given Cartesian maps: a least-squares (CG-SENSE)
-        # image, which the maps unfold (48^3, R = 4, the true maps given: dtv 31.01 dB with the zero-filled
-        # phase, 32.10 with this one); given radial maps keep the gridded image's phase (little coherent aliasing).
+        # smooth phase, free of aliasing; the aliased zero-filled image's phase leaves the real image model
+        # unable to fit the data). Given Cartesian maps: a least-squares (CG-SENSE) image, which the maps
+        # unfold; given radial maps keep the gridded image's phase (little coherent aliasing).
+        # Measurements: docs/measurements.md.
         if cal is not None:
             ref_img = (sens.conj() * cal).sum(0)
         elif kind == "cartesian":
@@ -278,7 +270,6 @@ def kspace_problem(kspace, mask=None, trajectory=None, image_shape: Optional[tup
         op = MultiCoilCartesian(sens, m) if kind == "cartesian" else RadialNUFFT(t, shape, sens, backend=backend, dcf=dcf_now)
         init = op.zero_filled(y).numpy()
     init_mag = np.abs(init).astype(np.float32)
-    scale = 1.0 / robust_max(init_mag)
     if noise_sigma is None:
         sigma_raw = estimate_noise_sigma_kspace(k, mask=m if kind == "cartesian" else None,
                                                 trajectory=t if kind == "radial" else None)
@@ -291,27 +282,25 @@ def kspace_problem(kspace, mask=None, trajectory=None, image_shape: Optional[tup
     sp = tuple(float(s) for s in spacing) if spacing is not None else (1.0,) * len(shape)
     if len(sp) != len(shape):
         raise InputError(f"spacing {spacing} must have {len(shape)} values (array axis order)")
-    init_n = init_mag * scale
     if support is None:
         from SodiumDIPLib.data.support import head_mask
 
         try:
-            support = head_mask(init_n)
+            support = head_mask(init_mag)
         except InputError:
             support = None
     else:
         support = _array_or_none(support, shape, "support").astype(bool)
     ref = _array_or_none(reference, shape, "reference")
-    problem = Problem(
-        measurement=y * scale, operator=op, image_shape=tuple(shape), spacing=sp, initial=init_n,
-        proton=_array_or_none(proton, shape, "proton"), support=support, noise_sigma=sigma_raw * scale,
-        magnitude=False, n_channels=n_coils,
-        reference=None if ref is None else (np.abs(ref) * scale).astype(np.float32),
-        lesion=_array_or_none(lesion, shape, "lesion"), proton_only=_array_or_none(proton_only, shape, "proton_only"))
+    problem, unit = normalised_problem(y, op, init_mag, sp, support, sigma_raw,
+                                       proton=_array_or_none(proton, shape, "proton"),
+                                       reference=None if ref is None else np.abs(ref).astype(np.float32),
+                                       magnitude_data=False, n_channels=n_coils, role="k-space")
+    scale = 1.0 / unit
     details = {"acceleration": mask_acceleration(m) if kind == "cartesian" else None}
     if phase is not None:
         details["phase"] = phase
-    return KspaceProblem(problem, float(scale), sens, combination, sigma_raw, noise_source, kind, details)
+    return KspaceProblem(problem, float(scale), sens, combination, sigma_raw, noise_source, kind, details, float(unit))
 
 
 def _radial_calibration_images(k, t, shape, dcf, backend, radius: float = 0.12) -> np.ndarray:

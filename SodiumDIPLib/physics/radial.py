@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from SodiumDIPLib.errors import InputError
-from SodiumDIPLib.physics.base import LinearOperator
+from SodiumDIPLib.physics.base import LinearOperator, Modelled
 from SodiumDIPLib.physics.cartesian import CoilSensitivities, as_sensitivities, complex_dtype_for
 
 GOLDEN_MEANS_3D = (0.4656, 0.6823)  # Chan et al. 2009, MRM 61:354 (3D golden-means ordering)
@@ -268,7 +268,7 @@ class NonUniformFFT(LinearOperator):
         return self
 
 
-class RadialNUFFT(LinearOperator):
+class RadialNUFFT(Modelled):
     """y[c] = NUFFT_traj(S[c] * x), i.e. y = N S x: image (image_shape) -> samples (coils, *traj.shape[:-1]).
 
     traj:          (..., d) trajectory in cycles/pixel in [-0.5, 0.5) (see radial_trajectory).
@@ -321,20 +321,6 @@ class RadialNUFFT(LinearOperator):
             method = "analytic" if self.traj.ndim == 3 else "pipe"
             self._dcf = torch.as_tensor(density_compensation(self.traj, self.ishape, method=method), dtype=torch.float32)
         return self._dcf
-
-    def to(self, device) -> "RadialNUFFT":
-        self.model = self.model.to(device)
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape) != self.ishape:
-            raise InputError(f"image of shape {tuple(x.shape)} does not match the operator's image shape {self.ishape}")
-        return self.model.forward(x)
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        if tuple(y.shape) != self.oshape:
-            raise InputError(f"k-space of shape {tuple(y.shape)} does not match the operator's output shape {self.oshape}")
-        return self.model.adjoint(y)
 
     def coil_images(self, y: torch.Tensor, density_compensated: bool = True) -> torch.Tensor:
         """Per-coil gridding images (coils, *image_shape), ignoring the sensitivities."""

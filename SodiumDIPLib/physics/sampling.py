@@ -29,9 +29,7 @@ def default_density_power(acceleration: float) -> float:
     """Variable-density power used by cartesian_mask when none is given: max(1, log2(R) - 1).
 
     1 up to R = 4, rising to 2 at R = 8 (a flatter density keeps more outer k-space where the data still carry
-    information, a steeper one protects the centre when few lines are kept). Measured with dtv on the 32^3
-    4-coil head phantom, mean of mask seeds 0-2 (docs/nufft.md): power 1 vs 2 = 31.08 vs 30.69 dB at
-    R = 2, 27.94 vs 27.44 at R = 4, 23.13 vs 23.77 at R = 8.
+    information, a steeper one protects the centre when few lines are kept; measurements: docs/measurements.md).
     """
     return max(1.0, math.log2(_check_r(acceleration)) - 1.0)
 
@@ -66,9 +64,7 @@ def cartesian_mask(image_shape: tuple, acceleration: float, seed: int = 0, calib
     # calibration centre: a square (or line run) of side c per phase-encode axis, small enough to leave
     # at least half of the kept lines to the random part
     if calibration is None:
-        # 12 %: 6 lines on 48^3 (4 on 32^3, 8 on 64^3). Against 8 % (4 lines), dtv on the 48^3 4-coil phantom,
-        # mean of seeds 0-2: R = 2 / 4 / 8 34.87 -> 34.95, 31.75 -> 32.05, 27.72 -> 28.09 dB (better maps for
-        # fewer random lines; 8 lines at R = 4: 32.01; docs/nufft.md)
+        # 12 %: 6 lines on 48^3 (4 on 32^3, 8 on 64^3); why 12 %: docs/measurements.md
         c = max(4, int(round(0.12 * max(pe_shape))))
     else:
         c = int(calibration)

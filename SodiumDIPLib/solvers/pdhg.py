@@ -23,7 +23,7 @@ import torch
 
 from SodiumDIPLib.errors import InputError
 from SodiumDIPLib.priors.guidance import apply_projection, divergence, gradient
-from SodiumDIPLib.physics.base import LinearOperator
+from SodiumDIPLib.physics.base import Diag, LinearOperator, RealImages
 
 __all__ = ["operator_norm", "gradient_norm_bound", "tv_objective", "pdhg_tv", "SolverResult"]
 
@@ -63,20 +63,6 @@ def tv_objective(x: torch.Tensor, y: torch.Tensor, op: Optional[LinearOperator],
         if xi is not None and gamma > 0:
             g = apply_projection(g, xi, gamma)
         return float(0.5 * _sqnorm(r) + lam * torch.sqrt((g * g).sum(0)).sum())
-
-
-class _Gained(LinearOperator):
-    """A diag(g): a real positive per-voxel gain applied before ``op``."""
-
-    def __init__(self, op: LinearOperator, gain: torch.Tensor):
-        self.op, self.gain = op, gain
-        self.ishape, self.oshape = op.ishape, op.oshape
-
-    def forward(self, x):
-        return self.op.forward(self.gain * x)
-
-    def adjoint(self, r):
-        return self.gain * _real(self.op.adjoint(r))
 
 
 @dataclass
@@ -191,7 +177,7 @@ def pdhg_tv(y: torch.Tensor, lam: float, op: Optional[LinearOperator] = None, xi
                     break
         else:
             if gain is not None:
-                op = _Gained(op, gain)
+                op = op @ Diag(gain) @ RealImages(shape)  # A diag(g) on real images: x is bias-free
                 op_norm = None
             La = op_norm if op_norm is not None else operator_norm(op, shape, device=device, dtype=rdtype)
             # K = [A/La ; Kg/Ld], |K| <= sqrt(2); F1(z) = 0.5|La z - y|^2, F2(w) = lam Ld |w|_{2,1}

@@ -126,10 +126,8 @@ def cmd_compare(args) -> int:
                 plan.add_output(f"--output-dir {role}", path, detached_data_files(path))
     plan_report(plan, args)
     plan.check()
-    if args.proton is None:
-        for spec in specs:
-            if spec.needs_proton:
-                raise InputError(f"method {spec.name!r} needs a proton volume (--proton)")
+    for spec in specs:
+        spec.check_inputs(has_proton=args.proton is not None)
     volumes = read_run_volumes(args)  # keyword arguments of denoise_volumes
     check_report_point(args, volumes["sodium"])
 
