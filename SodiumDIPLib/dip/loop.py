@@ -95,7 +95,9 @@ def _pilot_only(res: MethodResult, params: dict, reason: str) -> MethodResult:
     extras["pilot_image"] = np.asarray(res.image, np.float32)
     if res.bias_field is not None:
         extras["pilot_bias"] = np.asarray(res.bias_field, np.float32)
-    out = MethodResult(image=np.asarray(res.image, np.float32), iterations=0, stop_rule=res.stop_rule,
+    # a cancel that arrives between the pilot's runs finds a finished pilot: the run still reads as cancelled
+    stop_rule = "cancelled" if reason.startswith("cancelled") else res.stop_rule
+    out = MethodResult(image=np.asarray(res.image, np.float32), iterations=0, stop_rule=stop_rule,
                        stop_iteration=0, bias_field=res.bias_field, history=list(res.history or []), extras=extras,
                        params=dict(params))
     out.diagnostics = {"returned_stage": "pilot", "stop_reason": reason}
@@ -331,6 +333,8 @@ def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str, pilo
             pilot_bias = blind_bias if pilot_bias is not None else None
             y_gc = torch.from_numpy(filled).to(device)
             optimism = _pilot_optimism(problem, ctx, _pilot_method(pilots, params["pilot"], method_name), pilot_result, guard.held.cpu().numpy(), sigma)
+            if ctx.cancelled():
+                return _pilot_only(pilot_result, params, "cancelled by the user during the pilot")
             full_model = pilot_image * (pilot_bias_raw if pilot_bias_raw is not None else 1.0)
             guard.start(y, torch.from_numpy(np.asarray(full_model, np.float32)).to(device), optimism)
         pilot = pilot.to(device)

@@ -92,7 +92,8 @@ def run_fused_dtv(problem, params, ctx):
     from SodiumDIPLib.priors.guidance import direction_field, fuse_direction_fields, normalise_guide
 
     from .dtv import proton_direction_field, run_dtv
-    from .tv import relative_spacing, solve_variational
+    from SodiumDIPLib.problem import relative_spacing
+    from SodiumDIPLib.solvers.variational import solve_variational
 
     dtv_params = {k: v for k, v in params.items() if k not in FUSED_PILOT}
     first = run_dtv(problem, dtv_params, ctx)
