@@ -194,8 +194,6 @@ _COMMON = [
     _p("lr_schedule", "choice", "learning-rate schedule", "optimiser", choices=("cosine", "none")),
     _p("lr_min_factor", "float", "final learning rate of the cosine schedule as a fraction of lr", "optimiser",
        "", 0, 1),
-    _p("warm_start", "int", "steps fitting the pilot before the real objective", "optimiser", "", 0, 100000),
-    _p("warm_lr", "float", "learning rate of the warm start", "optimiser", "", 0, 1, low_open=True),
     _p("ema", "float", "decay of the output's exponential moving average (0 = off)", "optimiser", "", 0, 0.9999),
     _p("residual", "bool", "x = pilot + f(z): the network learns a correction of the pilot", "optimiser"),
     # DIP data term

@@ -1,16 +1,18 @@
-"""The DIP optimisation loop shared by ``dip`` (plain) and ``dipfusion`` (guided, bias-corrected).
+"""The DIP fit loop shared by ``dip`` (plain) and ``dipfusion`` (guided, bias-corrected).
 
-One loop, every term behind its own weight (weight 0 removes the term and its cost):
+One objective, every term behind its own weight (weight 0 removes the term and its cost):
 
     L = D(A(b x), y)                                   Gaussian / Rician / noncentral-chi / k-space fidelity
       + (w_dtv * mean dTV_xi(x) + w_gc * GC(x)) / sigma fused directional TV, gradient consistency
-      + w_bias * mean_support (log b)^2                 keeps the bias field small where the data allow
+      + w_bias * mean_support (log b - log b0)^2        keeps the bias field near its start
 
-x = f_theta(z) (DIP network, optional proton channel in z), b = exp(B c) (``SodiumDIPLib.physics.bias``). The data
-term is in noise units (0.5 |r/sigma|^2 for Gaussian) and the priors are divided by sigma, so the weights
-mean the same at every noise level (TV denoising's lambda scales with sigma).
-
-The returned image is the bias-corrected EMA output x at the iteration chosen by the stopping rule.
+x = f_theta(z) or, with ``residual``, x = pilot + f_theta(z) (f = 0 at the start); b = exp(B c)
+(``physics.bias.BiasField``). The data term is in noise units (0.5 |r/sigma|^2 for Gaussian) and the priors are
+divided by sigma, so the weights mean the same at every noise level. A run composes named steps:
+``prepare_data`` -> ``build_network`` -> the classical pilot stage (``dip.pilot``) -> ``Guides`` -> ``Objective``
+-> ``fit`` (Adam, cosine schedule, EMA, stopping rule, held-out safeguard) -> ``assemble_result``.
+The returned image is the bias-corrected EMA output at the iteration the stopping rule chose, or the pilot
+itself when the safeguard (``dip.safeguard``) finds no held-out evidence that the DIP improves on it.
 """
 
 from __future__ import annotations
@@ -18,21 +20,22 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from SodiumDIPLib.dip import fidelity as fid
-from SodiumDIPLib.physics.bias import BiasField
-from SodiumDIPLib.errors import Cancelled, InputError
+from SodiumDIPLib.dip import stopping
 from SodiumDIPLib.dip.networks import DIPNet, NetConfig, make_input
+from SodiumDIPLib.dip.pilot import (CLASSICAL_PILOTS, PilotStage, decide_bias, run_pilot_stage, start_bias)
+from SodiumDIPLib.dip.safeguard import measured_model
+from SodiumDIPLib.errors import Cancelled, InputError
+from SodiumDIPLib.metrics.quality import psnr
 from SodiumDIPLib.params import validate as validate_params
-from SodiumDIPLib.problem import MethodResult, Problem, RunContext
-
-
-CLASSICAL_PILOTS = ("tv", "dtv", "fused-dtv")
+from SodiumDIPLib.physics.bias import BiasField
+from SodiumDIPLib.problem import MethodResult, Problem, RunContext, noise_sigma_of
 
 
 class DeviceOutOfMemory(InputError, RuntimeError):
@@ -40,190 +43,15 @@ class DeviceOutOfMemory(InputError, RuntimeError):
 
 
 def _guidance():
-    from SodiumDIPLib.priors import guidance  # written alongside; imported lazily so plain DIP never needs it
+    from SodiumDIPLib.priors import guidance  # imported lazily so plain DIP never needs it
 
     return guidance
 
 
-def _stopping():
-    from SodiumDIPLib.dip import stopping
-
-    return stopping
-
-
-def _classical_pilot(problem: Problem, ctx: RunContext, pilot: tuple, overrides: dict | None = None):
-    """A fast classical pilot ``pilot`` = (name, run, fast parameters), given by the calling method ("tv":
-    unguided, nothing of the proton leaks in; "dtv": proton-guided directional TV), run under the parent run's
-    progress reporting (events carry ``stage="pilot"``) and cancellation. Returns (image, bias field or None, its
-    MethodResult): the variational methods correct the receive bias (N4) and return it, which can seed the joint
-    bias field. A cancel during the pilot's weight search raises Cancelled (no image exists yet); later, the
-    pilot returns its iterate with stop_rule "cancelled"."""
-    name, run_pilot, fast_params = pilot
-
-    def progress(event, image):
-        if ctx.on_progress is not None:
-            ctx.on_progress(dict(event, stage="pilot", pilot=name), image)
-
-    run_ctx = RunContext(str(ctx.device), ctx.seed, on_progress=progress, should_cancel=ctx.should_cancel)
-    res = run_pilot(problem, validate_params(name, dict(fast_params, **(overrides or {}))), run_ctx)
-    bias = None if res.bias_field is None else np.asarray(res.bias_field, np.float32)
-    return torch.from_numpy(np.asarray(res.image, np.float32)), bias, res
-
-
-def _decide_bias(bias, problem: Problem, pilot_result, identity: bool):
-    """Keep the joint bias field only where the data carry a receive bias (docs/method.md): the classical pilot's
-    N4 evidence rule (``physics.bias.receive_bias`` "auto") decides; without such a pilot, the same rule on the image.
-    Returns (bias or None, decision text)."""
-    if pilot_result is not None:
-        diag = getattr(pilot_result, "diagnostics", {}) or {}
-        decision = diag.get("bias_decision", "")
-        if pilot_result.bias_field is None:
-            return None, f"none (pilot: {decision or 'no field'})"
-        return bias, f"estimated (pilot: {decision})"
-    if not identity:
-        return bias, "estimated (k-space data without a classical pilot)"
-    from SodiumDIPLib.physics.bias import receive_bias
-
-    field, diag = receive_bias(np.asarray(problem.initial, np.float32), problem.support, problem.spacing, "auto")
-    return (bias, f"estimated ({diag['bias_decision']})") if field is not None else (None, diag["bias_decision"])
-
-
-def _pilot_only(res: MethodResult, params: dict, reason: str) -> MethodResult:
-    """The classical pilot's result as DIP-Fusion's output (cancelled during the pilot, or chosen by the
-    safeguard before any DIP step)."""
-    extras = dict(res.extras or {})
-    extras["pilot_image"] = np.asarray(res.image, np.float32)
-    if res.bias_field is not None:
-        extras["pilot_bias"] = np.asarray(res.bias_field, np.float32)
-    # a cancel that arrives between the pilot's runs finds a finished pilot: the run still reads as cancelled
-    stop_rule = "cancelled" if reason.startswith("cancelled") else res.stop_rule
-    out = MethodResult(image=np.asarray(res.image, np.float32), iterations=0, stop_rule=stop_rule,
-                       stop_iteration=0, bias_field=res.bias_field, history=list(res.history or []), extras=extras,
-                       params=dict(params))
-    out.diagnostics = {"returned_stage": "pilot", "stop_reason": reason}
-    return out
-
-
-def _as_list(value, name):
-    if isinstance(value, str):
-        value = [v for v in value.replace(",", " ").split() if v]
-    try:
-        return tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise InputError(f"parameter {name!r} expects a list of integers, got {value!r}") from None
-
-
-class HeldOutCheck:
-    """The safeguard: voxels left out of the DIP's data term score the DIP iterates against the pilot.
-
-    A seeded fraction of the support's voxels is held out of the fidelity. At iterate t the paired difference
-    d_t(v) = (y - m_t)^2 - (y - m_0)^2 over the held-out voxels (m = the model of the measurement, b x; m_0 the
-    pilot's) estimates err(m_t) - err(m_0) there: the DIP never fitted those noise samples, and the pilot's own
-    fit to them biases m_0's and m_t's terms alike, since x_t = pilot + f_t. The best iterate is returned only
-    when its mean difference is below -z standard errors (z = ``margin``); otherwise the pilot itself."""
-
-    def __init__(self, support: np.ndarray, fraction: float, seed: int, margin: float, device):
-        rng = np.random.default_rng(int(seed) + 7919)
-        held = np.asarray(support, bool) & (rng.random(support.shape) < float(fraction))
-        self.held = torch.from_numpy(held).to(device)
-        self.fit_weight = torch.from_numpy(~held).float().to(device)
-        self.n = int(held.sum())
-        self.margin = float(margin)
-        self.base = None
-        self.optimism = 0.0
-        self.best = None  # (mean difference, standard error, iteration, x, b)
-
-    def start(self, y: torch.Tensor, m0: torch.Tensor, optimism: float = 0.0) -> None:
-        """m0: the full-data pilot's model; optimism: 2 sigma^2 x its mean self-influence on the held-out voxels,
-        so that mean (y - m0)^2 + optimism estimates its error as if it had not seen them."""
-        self.base = ((y - m0) ** 2)[self.held]
-        self.optimism = float(optimism)
-
-    def update(self, it: int, y: torch.Tensor, m: torch.Tensor, x: torch.Tensor, b) -> float:
-        d = ((y - m) ** 2)[self.held] - self.base
-        mean = float(d.mean()) - self.optimism
-        se = float(d.std()) / math.sqrt(max(self.n, 1))
-        if self.best is None or mean < self.best[0]:
-            self.best = (mean, se, it, x.detach().clone(), None if b is None else b.detach().clone())
-        return mean
-
-    def accepted(self) -> bool:
-        return self.best is not None and self.n > 0 and self.best[0] < -self.margin * self.best[1]
-
-
-def _same_settings(pilot_result) -> dict:
-    """Overrides that make the blind pilot the full pilot's twin: its selected weight (no new SURE search on
-    the filled data, which picked a weaker weight and lost 1.25 dB on an atlas brain) and its bias decision."""
-    over = {"bias_correction": "auto" if pilot_result.bias_field is not None else "none"}
-    lam = next((h["lambda_sigma"] for h in pilot_result.history if "lambda_sigma" in h), None)
-    if lam is not None:
-        over.update(lambda_select="fixed", lambda_sigma=float(lam))
-    return over
-
-
-def _pilot_method(pilots: dict, name: str, method_name: str) -> tuple:
-    """(name, run, fast parameters) of the classical pilot ``name`` among those the calling method offers."""
-    if name not in pilots:
-        raise InputError(f"{method_name}: pilot {name!r} is not available here; expected one of {sorted(pilots)}")
-    return (name,) + tuple(pilots[name])
-
-
-def _pilot_optimism(problem: Problem, ctx: RunContext, pilot: tuple, pilot_result, held: np.ndarray,
-                    sigma: float) -> float:
-    """2 sigma^2 h: how much the full-data pilot's residual at the held-out voxels underestimates its error,
-    h = mean over them of d p_v / d y_v (its self-influence), by one Monte Carlo perturbation (Rademacher,
-    amplitude sigma, held-out voxels only) and a second run of the pilot with the same weight and bias field."""
-    rng = np.random.default_rng(int(ctx.seed) + 104729)
-    delta = np.where(rng.random(held.shape) < 0.5, -1.0, 1.0).astype(np.float32) * held
-    y0 = np.asarray(problem.initial, np.float32)
-    moved = y0 + float(sigma) * delta
-    twin = replace(problem, measurement=torch.from_numpy(moved), initial=moved)
-    _, _, res = _classical_pilot(twin, ctx, pilot, _same_settings(pilot_result))
-    model = lambda r: np.asarray(r.image, np.float64) * (1.0 if r.bias_field is None else r.bias_field)  # noqa: E731
-    h = float(np.sum(delta * (model(res) - model(pilot_result))) / (float(sigma) * max(held.sum(), 1)))
-    return 2.0 * float(sigma) ** 2 * min(max(h, 0.0), 1.0)
-
-
-def _fill_held_out(image: np.ndarray, held: np.ndarray) -> np.ndarray:
-    """``image`` with the held-out voxels replaced by the mean of their kept neighbours (3-voxel box)."""
-    from scipy import ndimage as ndi
-
-    keep = (~held).astype(np.float32)
-    num = ndi.uniform_filter(image.astype(np.float32) * keep, 3)
-    den = ndi.uniform_filter(keep, 3)
-    out = image.astype(np.float32).copy()
-    out[held] = (num[held] / np.maximum(den[held], 1e-6))
-    return out
-
-
-def _measured_model(bx: torch.Tensor, kind: str, sigma: float, n_ch: int, magnitude: bool) -> torch.Tensor:
-    """What the held-out voxels are compared with: b x, or its expected magnitude under a noise-floor model."""
-    if magnitude and kind in ("rician", "chi", "corrected_ls"):
-        return fid.expected_magnitude(bx, sigma, n_ch)
-    return bx
-
-
-def _guard_diagnostics(guard: "HeldOutCheck") -> dict:
-    if guard.best is None:
-        return {"heldout_voxels": guard.n}
-    mean, se, it, _, _ = guard.best
-    return {"heldout_voxels": guard.n, "heldout_best_delta": mean, "heldout_best_se": se,
-            "heldout_pilot_optimism": guard.optimism,
-            "heldout_best_iteration": int(it), "heldout_margin": guard.margin}
-
-
-def _psnr(x: np.ndarray, ref: np.ndarray, mask) -> float:
-    """PSNR inside ``mask`` with the reference's maximum there as peak (monitoring curves only)."""
-    if mask is not None and mask.any():
-        x, ref = x[mask], ref[mask]
-    mse = float(np.mean((x - ref) ** 2))
-    peak = float(np.max(ref))
-    return 10 * math.log10(peak * peak / mse) if mse > 0 and peak > 0 else float("inf")
-
-
 def run_dip(problem: Problem, params: dict, ctx: RunContext, method_name: str,
             pilots: dict | None = None) -> MethodResult:
-    """Fit the DIP model described by ``params`` (see dipfusion.PRESETS for every key) to ``problem``."""
+    """Fit the DIP model described by ``params`` (see dipfusion.PRESETS for every key) to ``problem``.
+    ``pilots``: the classical pilots the calling method offers, name -> (run function, fast parameters)."""
     params = validate_params(method_name, params)
     try:
         return _run(problem, params, ctx, method_name, pilots or {})
@@ -235,364 +63,431 @@ def run_dip(problem: Problem, params: dict, ctx: RunContext, method_name: str,
 
 
 def _run(problem: Problem, params: dict, ctx: RunContext, method_name: str, pilots: dict) -> MethodResult:
-    device = ctx.device
+    data = prepare_data(problem, params, ctx.device)
+    gen = ctx.generator()  # network code and perturbations from the run's seed, global RNG untouched
+    net, z, n_code = build_network(data, params, ctx.seed, gen)
+    bias = BiasField(data.shape, data.support_np, int(params["bias_degree"]), tuple(data.spacing)).to(ctx.device) \
+        if params["bias_degree"] > 0 else None
+
+    stage = PilotStage()
+    if params["pilot"] in CLASSICAL_PILOTS:
+        guarded = (float(params["holdout_fraction"]) > 0 and data.identity and params["residual"]
+                   and not torch.is_complex(data.y) and data.support_np.sum() >= 200)
+        stage = run_pilot_stage(problem, params, ctx, pilots, method_name, data.initial, data.support_np,
+                                data.sigma, guarded)
+        if isinstance(stage, MethodResult):  # cancelled during the pilot
+            return stage
+    elif _needs_guides(params, data.identity) or params["pilot_input"] or params["residual"]:
+        stage.start = _smooth_pilot(data, params, ctx.device)
+
+    decision = "estimated (bias_select always)" if bias is not None else "off (bias_degree 0)"
+    if bias is not None and params["bias_select"] == "auto":
+        bias, decision = decide_bias(bias, problem, stage.result, data.identity)
+    if bias is not None:
+        stage.start = start_bias(bias, stage.start, stage.start_bias, params, problem, data.initial,
+                                 data.support_np, data.identity, ctx.device)
+
+    guides = Guides(data, params, stage.start) if _needs_guides(params, data.identity) else None
+    if params["pilot_input"]:
+        # the pilot as an input channel: the skips can pass it, the network learns what the data add to it
+        start = stage.start
+        z = torch.cat([z, (start / start.max().clamp_min(1e-6))[None, None].to(ctx.device)], dim=1)
+    objective = Objective(data, params, bias, guides, stage)
+    state = fit(data, params, ctx, net, z, n_code, gen, bias, stage, objective)
+    return assemble_result(data, params, state, stage, bias, guides, decision)
+
+
+# ---------------------------------------------------------------------------------------------- the data
+@dataclass
+class LoopData:
+    """The problem as the loop sees it, on the device. sigma: the noise level of the fitted residual (the
+    density-weighted one for radial data); kind / n_ch: the resolved fidelity and receive-channel count."""
+
+    problem: Problem
+    shape: tuple
+    spacing: np.ndarray
+    rel_spacing: tuple
+    y: torch.Tensor
+    op: object
+    identity: bool
+    support_np: np.ndarray
+    support: torch.Tensor
+    initial: np.ndarray
+    sigma: float
+    kind: str
+    n_ch: int
+    proton: Optional[torch.Tensor]
+
+
+def prepare_data(problem: Problem, params: dict, device) -> LoopData:
     shape = tuple(int(n) for n in problem.image_shape)
-    dims = len(shape)
-    spacing = np.asarray(problem.spacing if problem.spacing else (1.0,) * dims, dtype=float)
+    spacing = np.asarray(problem.spacing if problem.spacing else (1.0,) * len(shape), dtype=float)
     rel_spacing = tuple(float(s) for s in spacing / spacing.min())  # gradients per finest voxel
-    y = problem.measurement.to(device)
-    op = problem.operator.to(device)
+    y, op = problem.measurement.to(device), problem.operator.to(device)
     identity = op.is_identity
     support_np = np.ones(shape, bool) if problem.support is None else np.asarray(problem.support, bool)
-    support = torch.from_numpy(support_np).to(device)
     initial = np.abs(np.asarray(problem.initial, dtype=np.complex64 if np.iscomplexobj(problem.initial)
                                 else np.float32)).astype(np.float32)
     if initial.shape != shape:
         raise InputError(f"initial image shape {initial.shape} does not match image shape {shape}")
-
-    sigma = problem.noise_sigma
-    if sigma is None or not sigma > 0:
-        from SodiumDIPLib.data.support import estimate_noise_sigma
-
-        sigma = estimate_noise_sigma(initial) if identity else float(np.std(initial[~support_np])) or 0.05
-    sigma = float(sigma)
+    if identity or (problem.noise_sigma is not None and problem.noise_sigma > 0):
+        sigma = noise_sigma_of(problem)
+    else:  # k-space without a given level: the zero-filled image's background
+        sigma = float(np.std(initial[~support_np])) or 0.05
     if not identity:  # radial data: the density-compensated residual, as in tv/dtv
         from SodiumDIPLib.physics.density import density_weighted
 
         op, y, sigma, _ = density_weighted(op, y, sigma, shape, device)
+    kind, n_ch = _fidelity(params, problem, identity, initial, support_np, sigma)
+    proton = None
+    if problem.proton is not None:
+        proton = _guidance().normalise_guide(np.asarray(problem.proton, np.float32), 99.9, support_np).to(device)
+    return LoopData(problem, shape, spacing, rel_spacing, y, op, identity, support_np,
+                    torch.from_numpy(support_np).to(device), initial, float(sigma), kind, n_ch, proton)
 
+
+def _fidelity(params, problem, identity, initial, support_np, sigma):
+    """The data term's kind and receive-channel count ("auto" and 0 resolved from the data)."""
     kind = fid.resolve_kind(params["fidelity"], problem.magnitude, identity, problem.n_channels)
-    n_ch = int(params.get("n_channels", 0)) or 0
+    n_ch = int(params["n_channels"]) or 0
     if n_ch <= 0:
         n_ch = problem.n_channels
         if identity and problem.magnitude and kind in ("chi", "rician", "corrected_ls"):
             n_ch = max(n_ch, fid.estimate_channels(initial, support_np, sigma))
     if kind == "rician" and n_ch > 1:
         kind = "chi"
+    return kind, int(n_ch)
 
-    # ---- reproducible construction: network init and z from the run's seed, global RNG untouched
-    gen = ctx.generator()
-    residual = bool(params.get("residual", False))  # x = pilot + f(z): f is signed, so no output non-linearity
+
+def _smooth_pilot(data: LoopData, params: dict, device) -> torch.Tensor:
+    sigma_mm = float(params["pilot_sigma_mm"])
+    if sigma_mm <= 0:
+        return torch.from_numpy(data.initial).to(device)
+    return _guidance().pilot_estimate(data.initial, sigma_mm=sigma_mm, spacing=tuple(data.spacing), device=device)
+
+
+# ---------------------------------------------------------------------------------------------- the network
+def build_network(data: LoopData, params: dict, seed: int, gen: torch.Generator):
+    """(network, input z, number of code channels): weights from ``seed``, the code drawn from ``gen``. With
+    ``residual`` the last layer starts at zero (x = pilot exactly); otherwise, with ``output_init``, at the
+    data's mean inside the support."""
+    residual = bool(params["residual"])  # f is signed, so no output non-linearity
     cfg = NetConfig(channels=_as_list(params["channels"], "channels"),
                     skip_channels=_as_list(params["skip_channels"], "skip_channels"),
                     input_channels=int(params["input_channels"]), upsample=params["upsample"],
                     pad=params["pad"], norm=params["norm"], output="none" if residual else params["output"])
-    use_proton = problem.proton is not None
-    proton_t = None
-    if use_proton:
-        proton_t = _guidance().normalise_guide(np.asarray(problem.proton, np.float32), 99.9, support_np).to(device)
-    extra = 1 if (use_proton and params["proton_input"]) else 0
-    extra += 1 if params["pilot_input"] else 0
+    proton_channel = data.proton is not None and params["proton_input"]
+    extra = int(proton_channel) + int(bool(params["pilot_input"]))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.seed)
-        net = DIPNet(dims, cfg, extra_channels=extra)
-    if residual:  # f = 0 at the start: the run starts at the pilot exactly, no warm start needed
+        torch.manual_seed(seed)
+        net = DIPNet(len(data.shape), cfg, extra_channels=extra)
+    if residual:
         net.init_output(0.0, weight_scale=0.0)
     elif params["output_init"]:
-        net.init_output(float(np.mean(initial[support_np])) if support_np.any() else float(initial.mean()))
-    net = net.to(device)
-    z = make_input(shape, cfg.input_channels, gen, scale=params["input_scale"]).to(device)
-    if use_proton and params["proton_input"]:
-        z = torch.cat([z, proton_t[None, None]], dim=1)
+        inside = data.initial[data.support_np]
+        net.init_output(float(inside.mean()) if inside.size else float(data.initial.mean()))
+    device = data.y.device
+    z = make_input(data.shape, cfg.input_channels, gen, scale=params["input_scale"]).to(device)
+    if proton_channel:
+        z = torch.cat([z, data.proton[None, None]], dim=1)
+    return net.to(device), z, cfg.input_channels
 
-    bias = None
-    if params["bias_degree"] > 0:
-        bias = BiasField(shape, support_np, int(params["bias_degree"]), tuple(spacing)).to(device)
 
-    # ---- guidance: proton and sodium direction fields, fused
-    w_dtv, w_gc, w_bias = float(params["weight_dtv"]), float(params["weight_gc"]), float(params["weight_bias"])
-    if not identity:
-        # k-space data: the fidelity is a mean over coils x k-space samples, so the prior's weight has its own
-        # scale (measured on the 48^3 4-coil phantom at R = 4: docs/nufft.md)
-        w_dtv = float(params["kspace_weight_dtv"])
-    G = _guidance() if (w_dtv > 0 or w_gc > 0 or params["sodium_guide"] != "none") else None
-    pilot = pilot_bias = pilot_image = pilot_bias_raw = pilot_result = None
-    guard, y_gc = None, None
-    frac = float(params.get("holdout_fraction", 0.0))
-    if (frac > 0 and identity and residual and params["pilot"] in CLASSICAL_PILOTS and not torch.is_complex(y)
-            and support_np.sum() >= 200):
-        guard = HeldOutCheck(support_np, frac, ctx.seed, float(params.get("holdout_margin", 2.0)), device)
-    xi_h = xi = None
-    guide_na = params["sodium_guide"] if params["w_na"] > 0 else "none"
-    if params["pilot"] in CLASSICAL_PILOTS:
-        if params["pilot"] in ("dtv", "fused-dtv") and not use_proton:
-            raise InputError(f"pilot {params['pilot']!r} needs a proton volume; use pilot 'tv' or 'smooth'")
-        pilot, pilot_bias, pilot_result = _classical_pilot(problem, ctx, _pilot_method(pilots, params["pilot"], method_name))
-        if pilot_result.stop_rule == "cancelled" or ctx.cancelled():
-            return _pilot_only(pilot_result, params, "cancelled by the user during the pilot")
-        pilot_image, pilot_bias_raw = pilot.numpy().copy(), pilot_bias
-        if guard is not None:
-            # the DIP starts from a pilot that never saw the held-out voxels (filled from their neighbours), so
-            # neither the network input nor the pilot carries their noise: the held-out comparison stays fair
-            filled = _fill_held_out(initial, guard.held.cpu().numpy())
-            blind = replace(problem, measurement=torch.from_numpy(filled), initial=filled)
-            pilot, blind_bias, blind_result = _classical_pilot(blind, ctx, _pilot_method(pilots, params["pilot"], method_name),
-                                                               _same_settings(pilot_result))
-            if blind_result.stop_rule == "cancelled" or ctx.cancelled():
-                return _pilot_only(pilot_result, params, "cancelled by the user during the pilot")
-            pilot_bias = blind_bias if pilot_bias is not None else None
-            y_gc = torch.from_numpy(filled).to(device)
-            optimism = _pilot_optimism(problem, ctx, _pilot_method(pilots, params["pilot"], method_name), pilot_result, guard.held.cpu().numpy(), sigma)
-            if ctx.cancelled():
-                return _pilot_only(pilot_result, params, "cancelled by the user during the pilot")
-            full_model = pilot_image * (pilot_bias_raw if pilot_bias_raw is not None else 1.0)
-            guard.start(y, torch.from_numpy(np.asarray(full_model, np.float32)).to(device), optimism)
-        pilot = pilot.to(device)
-    elif G is not None or params["pilot_input"] or params["warm_start"] > 0 or residual:
-        G = _guidance()
-        pilot = G.pilot_estimate(initial, sigma_mm=float(params["pilot_sigma_mm"]), spacing=tuple(spacing),
-                                 device=device) if params["pilot_sigma_mm"] > 0 else torch.from_numpy(initial).to(device)
-    bias_decision = "estimated (bias_select always)" if bias is not None else "off (bias_degree 0)"
-    if bias is not None and params.get("bias_select", "always") == "auto":
-        bias, bias_decision = _decide_bias(bias, problem, pilot_result if params["pilot"] in CLASSICAL_PILOTS else None,
-                                           identity)
-    if bias is not None and params["bias_init"] == "pilot" and pilot_bias is not None:
-        # start b at the pilot's own (N4) field, with the smooth basis refining it: b * x is then exactly
-        # the pilot's model of the measurement and x its bias-corrected image. (Projecting the N4 field onto
-        # the basis instead lost half of the pilot's accuracy on the 7 T pair: docs/method.md.)
-        pilot = pilot * bias.set_start(pilot_bias)
-    elif bias is not None:
-        if params["bias_init"] == "proton" and use_proton:
-            # start b at the tissue-class regression on the proton image (the ridge holds b near it); from
-            # k-space it regresses the pilot's model of the measurement, the zero-filled image being aliased
-            from SodiumDIPLib.physics.bias import proton_regression_init
+def _as_list(value, name):
+    if isinstance(value, str):
+        value = [v for v in value.replace(",", " ").split() if v]
+    try:
+        return tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"parameter {name!r} expects a list of integers, got {value!r}") from None
 
-            if identity or pilot is None:
-                source = initial
-            else:
-                source = pilot.cpu().numpy() * (1.0 if pilot_bias is None else pilot_bias)
-            basis = bias.basis.cpu().numpy()
-            c0 = proton_regression_init(source, np.asarray(problem.proton, np.float32), support_np, basis,
-                                        classes=int(params["bias_classes"]), bins=int(params["bias_bins"]))
-            bias.set_start(np.exp(np.tensordot(c0, basis, 1)))
-        if pilot_bias is not None:
-            # the pilot corrected its own bias (N4); keep its model of the measurement, b * x, under our b
-            with torch.no_grad():
-                pilot = pilot * torch.from_numpy(pilot_bias).to(device) / bias()
-    if w_dtv > 0:
-        if use_proton and params["w_h"] > 0:
-            xi_h = G.direction_field(proton_t, float(params["eta_h"]), rel_spacing)
 
-    def build_xi(sodium_img):
+# ---------------------------------------------------------------------------------------------- the priors
+def _weights(params: dict, identity: bool) -> tuple:
+    """(w_dtv, w_gc, w_bias). k-space data: the fidelity is a mean over coils x samples, so the dTV weight has
+    its own scale (docs/nufft.md)."""
+    w_dtv = float(params["weight_dtv"] if identity else params["kspace_weight_dtv"])
+    return w_dtv, float(params["weight_gc"]), float(params["weight_bias"])
+
+
+def _needs_guides(params: dict, identity: bool) -> bool:
+    w_dtv, w_gc, _ = _weights(params, identity)
+    return w_dtv > 0 or w_gc > 0 or params["sodium_guide"] != "none"
+
+
+class Guides:
+    """The fused direction field xi of the dTV prior and the gradient-consistency target.
+
+    xi fuses the proton field (eta_h, weight w_h) with the sodium field of the current sodium estimate (eta_na,
+    w_na; ``sodium_guide`` "output" rebuilds it from the EMA output every ``refresh_every`` steps, "pilot" keeps
+    the start's, "none" = proton-only). GC target: gradients of the smoothed measurement (of the filled data
+    when the safeguard holds voxels out; of |A^H y| for k-space)."""
+
+    def __init__(self, data: LoopData, params: dict, start: Optional[torch.Tensor]):
+        self.G, self.data, self.params = _guidance(), data, params
+        self.w_dtv, self.w_gc, _ = _weights(params, data.identity)
+        self.sodium_guide = params["sodium_guide"] if params["w_na"] > 0 else "none"
+        self.xi_h = self.xi = None
+        if self.w_dtv > 0:
+            if data.proton is not None and params["w_h"] > 0:
+                self.xi_h = self.G.direction_field(data.proton, float(params["eta_h"]), data.rel_spacing)
+            self.xi = self.fused_field(start)
+
+    def fused_field(self, sodium_img):
+        G, p, d = self.G, self.params, self.data
         xi_na = None
-        if guide_na != "none":
-            s = G.normalise_guide(sodium_img, 99.9, support_np, device=device)
-            xi_na = G.direction_field(s, float(params["eta_na"]), rel_spacing)
-        if xi_h is not None and xi_na is not None:
-            return G.fuse_direction_fields(xi_h, xi_na, float(params["w_h"]), float(params["w_na"]),
-                                           params["fusion"])
-        return xi_h if xi_h is not None else xi_na
+        if self.sodium_guide != "none":
+            s = G.normalise_guide(sodium_img, 99.9, d.support_np, device=d.y.device)
+            xi_na = G.direction_field(s, float(p["eta_na"]), d.rel_spacing)
+        if self.xi_h is not None and xi_na is not None:
+            return G.fuse_direction_fields(self.xi_h, xi_na, float(p["w_h"]), float(p["w_na"]), p["fusion"])
+        return self.xi_h if self.xi_h is not None else xi_na
 
-    if w_dtv > 0:
-        xi = build_xi(pilot)
+    def refresh(self, it: int, ema) -> None:
+        if (self.w_dtv > 0 and self.sodium_guide == "output" and ema is not None
+                and it % int(self.params["refresh_every"]) == 0):
+            self.xi = self.fused_field(ema)
 
-    if params["pilot_input"]:
-        # the pilot as an input channel: the skips can pass it, the network learns what the data add to it
-        z = torch.cat([z, (pilot / pilot.max().clamp_min(1e-6))[None, None].to(device)], dim=1)
-
-    # gradient consistency target: gradients of the smoothed measurement (image domain)
-    gc_sigma = float(params["gc_sigma_vox"])
-    if w_gc > 0:
-        y_img = (y if y_gc is None else y_gc) if identity else op.adjoint(y)
+    def gc_target(self, y_gc: Optional[torch.Tensor]) -> torch.Tensor:
+        d = self.data
+        y_img = (d.y if y_gc is None else y_gc) if d.identity else d.op.adjoint(d.y)
         y_img = y_img.abs() if torch.is_complex(y_img) else y_img
-        gy = G.gradient(G.gaussian_smooth(y_img.float(), gc_sigma), rel_spacing)
+        return self.G.gradient(self.G.gaussian_smooth(y_img.float(), float(self.params["gc_sigma_vox"])),
+                               d.rel_spacing)
 
-    def model_data(img):
-        """A(b x) and its magnitude-domain expectation for GC/residuals."""
-        return op(img) if identity else op(img.to(torch.complex64))
 
-    # ---- optimiser
+class Objective:
+    """L(x, b) = fidelity + (w_dtv dTV + w_gc GC) / sigma + w_bias ridge; ``terms`` holds each term's value."""
+
+    def __init__(self, data: LoopData, params: dict, bias, guides: Optional[Guides], stage: PilotStage):
+        self.data, self.params, self.bias, self.guides = data, params, bias, guides
+        self.w_dtv, self.w_gc, self.w_bias = _weights(params, data.identity)
+        self.fit_weight = None if stage.guard is None else stage.guard.fit_weight
+        self.gy = guides.gc_target(stage.y_gc) if (guides is not None and self.w_gc > 0) else None
+        self.n_support = data.support.sum().clamp_min(1)
+
+    def predict(self, bx: torch.Tensor) -> torch.Tensor:
+        """A(b x)."""
+        d = self.data
+        return d.op(bx) if d.identity else d.op(bx.to(torch.complex64))
+
+    def __call__(self, x: torch.Tensor, b, bx: torch.Tensor, pred: torch.Tensor):
+        d, p = self.data, self.params
+        G = None if self.guides is None else self.guides.G
+        terms = {"fidelity": fid.negative_log_likelihood(pred, d.y, d.sigma, d.kind, d.n_ch, weight=self.fit_weight)}
+        loss = terms["fidelity"]
+        if self.w_dtv > 0:
+            terms["dtv"] = G.dtv(x, self.guides.xi, float(p["gamma"]), float(p["eps"]), d.rel_spacing,
+                                 reduction="mean")
+            loss = loss + self.w_dtv * terms["dtv"] / d.sigma
+        if self.w_gc > 0:
+            img = bx if d.identity else d.op.adjoint(pred).abs()
+            if d.identity and d.problem.magnitude:
+                img = fid.expected_magnitude(img, d.sigma, d.n_ch)  # compare like with like: y has a noise floor
+            gx = G.gradient(G.gaussian_smooth(img, float(p["gc_sigma_vox"])), d.rel_spacing)
+            terms["gc"] = (gx - self.gy).abs().sum(0).mean()
+            loss = loss + self.w_gc * terms["gc"] / d.sigma
+        if self.bias is not None and self.w_bias > 0:
+            lb = self.bias.log_field() - self.bias.start  # the ridge keeps the refinement of the start small
+            terms["bias"] = (lb * lb * d.support).sum() / self.n_support
+            loss = loss + self.w_bias * terms["bias"]
+        return loss, terms
+
+    def residual_mse(self, bx: torch.Tensor, pred: torch.Tensor) -> float:
+        """Mean squared residual of the model of the measurement (support; all samples for k-space)."""
+        d = self.data
+        with torch.no_grad():
+            if d.identity:
+                model = fid.expected_magnitude(bx, d.sigma, d.n_ch) if d.problem.magnitude else bx
+                return float(((d.y - model) ** 2 * d.support).sum() / self.n_support)
+            r = pred - d.y
+            return float((r.real ** 2 + r.imag ** 2).mean() / (2 if torch.is_complex(r) else 1))
+
+
+# ---------------------------------------------------------------------------------------------- the fit
+def make_rule(params: dict, sigma: float):
+    """The stopping rule: a fixed count, windowed moving variance, or the discrepancy principle."""
+    iterations = int(params["iterations"])
+    if params["stopping"] == "fixed":
+        return stopping.make_rule("fixed", n=iterations)
+    if params["stopping"] == "wmv":
+        return stopping.make_rule("wmv", window=int(params["stop_window"]), patience=int(params["stop_patience"]),
+                                  max_iterations=iterations)
+    return stopping.make_rule("discrepancy", noise_variance=sigma * sigma, tau=float(params["stop_tau"]),
+                              min_iterations=int(params["stop_min_iterations"]), max_iterations=iterations)
+
+
+@dataclass
+class FitState:
+    rule: object
+    history: list
+    ema: Optional[torch.Tensor] = None
+    best_bias: Optional[torch.Tensor] = None
+    it_done: int = 0
+    cancelled: bool = False
+    guard_stopped: bool = False
+    seconds: float = 0.0
+    last_output: Optional[torch.Tensor] = None
+
+
+def fit(data: LoopData, params: dict, ctx: RunContext, net, z, n_code: int, gen, bias, stage: PilotStage,
+        objective: Objective) -> FitState:
+    """Adam on the network (and the bias coefficients) for at most ``iterations`` steps: cosine learning-rate
+    schedule, input-code perturbation, EMA of the output, the stopping rule on the EMA, the held-out safeguard
+    every ``holdout_every`` steps (stopping after ``holdout_patience`` steps without improvement)."""
+    device = data.y.device
     groups = [{"params": list(net.parameters()), "lr": float(params["lr"])}]
     if bias is not None:
         groups.append({"params": bias.parameters(), "lr": float(params["bias_lr"])})
     opt = torch.optim.Adam(groups)
-    iterations = int(params["iterations"])
     base_lrs = [g["lr"] for g in opt.param_groups]
+    iterations = int(params["iterations"])
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
                 if params["precision"] == "bf16" else nullcontext())
+    start = stage.start if params["residual"] else None
+    guard, check_every, patience = stage.guard, int(params["holdout_every"]), int(params["holdout_patience"])
+    ema_decay, reg_std = float(params["ema"]), float(params["reg_noise_std"])
+    ref = None if data.problem.reference is None else np.asarray(data.problem.reference, np.float32)
+    psnr_mask = data.support_np if data.problem.support is not None else None
+    state = FitState(rule=make_rule(params, data.sigma), history=[])
+    t0 = time.perf_counter()
 
     def forward(noise_std):
         inp = z
         if noise_std > 0:
             pert = torch.randn(z.shape, generator=gen).to(device) * noise_std
-            if extra:
-                pert[:, cfg.input_channels:] = 0  # perturb the code, not the image channels
+            pert[:, n_code:] = 0  # perturb the code, not the image channels
             inp = z + pert
         with autocast:
-            out = net(inp)
-        out = out.float()[0, 0]
-        return out + pilot if residual else out
+            out = net(inp).float()[0, 0]
+        return out + start if start is not None else out
 
-    warm_cancelled = False
-    # warm start: fit the network to the pilot (cheap, no priors), so the main loop starts from an image
-    if params["warm_start"] > 0 and not residual:
-        target = (pilot if pilot is not None else torch.from_numpy(initial).to(device)).detach()
-        for g in opt.param_groups[:1]:
-            g["lr"] = float(params["warm_lr"])
-        try:
-            for _ in range(int(params["warm_start"])):
-                ctx.check()
-                opt.zero_grad(set_to_none=True)
-                F.mse_loss(forward(float(params["reg_noise_std"])), target).backward()
-                opt.step()
-        except Cancelled:
-            warm_cancelled = True
-        for g, lr0 in zip(groups, base_lrs):
-            g["lr"] = lr0
-        opt = torch.optim.Adam(groups)  # fresh moments for the real objective
-
-    stopping = _stopping()
-    rule_name = params["stopping"]
-    if rule_name == "fixed":
-        rule = stopping.make_rule("fixed", n=iterations)
-    elif rule_name == "wmv":
-        rule = stopping.make_rule("wmv", window=int(params["stop_window"]), patience=int(params["stop_patience"]),
-                                  max_iterations=iterations)
-    else:
-        rule = stopping.make_rule("discrepancy", noise_variance=sigma * sigma, tau=float(params["stop_tau"]),
-                                  min_iterations=int(params["stop_min_iterations"]), max_iterations=iterations)
-
-    ema_decay = float(params["ema"])
-    ema = None
-    history = []
-    ref = None if problem.reference is None else np.asarray(problem.reference, np.float32)
-    psnr_mask = support_np if problem.support is not None else None
-    best_bias = None
-    stop_rule, stop_iteration, it_done = rule.name, 0, 0
-    cancelled = warm_cancelled
-    t0 = time.perf_counter()
-    refresh = int(params["refresh_every"])
-    reg_std = float(params["reg_noise_std"])
-    n_support = support.sum().clamp_min(1)
-
-    check_every = int(params.get("holdout_every", 10))
-    guard_patience, guard_stopped = int(params.get("holdout_patience", 0)), False
-
-    for it in range(0 if warm_cancelled else iterations):
+    for it in range(iterations):
         try:
             ctx.check()
         except Cancelled:
-            cancelled = True
+            state.cancelled = True
             break
         if params["lr_schedule"] == "cosine":
             f = 0.5 * (1 + math.cos(math.pi * it / iterations))
+            low = float(params["lr_min_factor"])
             for g, lr0 in zip(opt.param_groups, base_lrs):
-                g["lr"] = lr0 * (float(params["lr_min_factor"]) + (1 - float(params["lr_min_factor"])) * f)
-        if w_dtv > 0 and guide_na == "output" and ema is not None and it % refresh == 0:
-            xi = build_xi(ema)
+                g["lr"] = lr0 * (low + (1 - low) * f)
+        if objective.guides is not None:
+            objective.guides.refresh(it, state.ema)
         opt.zero_grad(set_to_none=True)
         x = forward(reg_std)
         b = bias() if bias is not None else None
         bx = x * b if b is not None else x
-        pred = model_data(bx)
-        terms = {}
-        data = fid.negative_log_likelihood(pred, y, sigma, kind, n_ch,
-                                           weight=None if guard is None else guard.fit_weight)
-        terms["fidelity"] = data
-        loss = data
-        if w_dtv > 0:
-            terms["dtv"] = G.dtv(x, xi, float(params["gamma"]), float(params["eps"]), rel_spacing, reduction="mean")
-            loss = loss + w_dtv * terms["dtv"] / sigma
-        if w_gc > 0:
-            img = bx if identity else op.adjoint(pred).abs()
-            if identity and problem.magnitude:
-                img = fid.expected_magnitude(img, sigma, n_ch)  # compare like with like: y has a noise floor
-            gx = G.gradient(G.gaussian_smooth(img, gc_sigma), rel_spacing)
-            terms["gc"] = (gx - gy).abs().sum(0).mean()
-            loss = loss + w_gc * terms["gc"] / sigma
-        if bias is not None and w_bias > 0:
-            lb = bias.log_field() - bias.start  # the ridge keeps the refinement of the starting field small
-            terms["bias"] = (lb * lb * support).sum() / n_support
-            loss = loss + w_bias * terms["bias"]
+        pred = objective.predict(bx)
+        loss, terms = objective(x, b, bx, pred)
         loss.backward()
         opt.step()
-
         with torch.no_grad():
             xd = x.detach()
-            ema = xd.clone() if (ema is None or ema_decay == 0) else ema.mul_(ema_decay).add_(xd, alpha=1 - ema_decay)
-            if identity:
-                model_mag = fid.expected_magnitude(bx.detach(), sigma, n_ch) if problem.magnitude else bx.detach()
-                resid = ((y - model_mag) ** 2 * support).sum() / n_support
-            else:
-                r = pred.detach() - y
-                resid = (r.real ** 2 + r.imag ** 2).mean() / (2 if torch.is_complex(r) else 1)
-        resid = float(resid)
+            ema = state.ema
+            state.ema = xd.clone() if (ema is None or ema_decay == 0) else ema.mul_(ema_decay).add_(xd, alpha=1 - ema_decay)
+        resid = objective.residual_mse(bx.detach(), pred.detach())
         entry = {"iteration": it, "loss": float(loss.detach()),
                  "terms": {k: float(v.detach()) for k, v in terms.items()}, "residual_mse": resid,
                  "seconds": time.perf_counter() - t0}
         if ref is not None:
-            entry["psnr"] = _psnr(ema.cpu().numpy(), ref, psnr_mask)
-        history.append(entry)
-        it_done = it + 1
+            entry["psnr"] = _monitor_psnr(state.ema, ref, psnr_mask)
+        state.history.append(entry)
+        state.it_done = it + 1
         if guard is not None and ((it + 1) % check_every == 0 or it + 1 == iterations):
             with torch.no_grad():
                 bb = b.detach() if b is not None else None
-                m = _measured_model(ema * bb if bb is not None else ema, kind, sigma, n_ch, problem.magnitude)
-                entry["heldout_delta"] = guard.update(it, y, m, ema, bb)
-            if guard_patience and it - guard.best[2] >= guard_patience:
-                guard_stopped = True  # the held-out error has not improved for guard_patience steps
+                m = measured_model(state.ema * bb if bb is not None else state.ema, data.kind, data.sigma,
+                                   data.n_ch, data.problem.magnitude)
+                entry["heldout_delta"] = guard.update(it, data.y, m, state.ema, bb)
+            if patience and it - guard.best[2] >= patience:
+                state.guard_stopped = True  # the held-out error has not improved for `patience` steps
                 break
-        stop = rule.update(it, ema, entry["loss"], residual_mse=resid)
-        if bias is not None and rule.best_iteration == it:
-            best_bias = b.detach().clone()
+        stop = state.rule.update(it, state.ema, entry["loss"], residual_mse=resid)
+        if bias is not None and state.rule.best_iteration == it:
+            state.best_bias = b.detach().clone()
         ctx.report(it, loss=entry["loss"], **({"psnr": entry["psnr"]} if "psnr" in entry else {}),
-                   image=lambda e=ema: e.detach().cpu().numpy().copy())
+                   image=lambda e=state.ema: e.detach().cpu().numpy().copy())
         if stop:
             break
+    state.seconds = time.perf_counter() - t0
+    if state.ema is None:  # cancelled before the first step: the network's current output
+        with torch.no_grad():
+            state.last_output = forward(0.0)
+    return state
 
-    if cancelled or rule.best_output is None:
-        image = ema if (rule.best_output is None and ema is not None) else rule.best_output
-        stop_rule = "cancelled" if cancelled else rule.name
-        stop_iteration = max(rule.best_iteration, 0) if rule.best_output is not None else max(it_done - 1, 0)
-        if image is None:  # cancelled during the warm start: the network's current output
-            with torch.no_grad():
-                image = forward(0.0)
+
+def _monitor_psnr(ema: torch.Tensor, ref: np.ndarray, mask) -> float:
+    """PSNR of the EMA output against a known reference (monitoring curves only; nan where undefined)."""
+    try:
+        return psnr(ema.cpu().numpy(), ref, mask)
+    except InputError:
+        return float("nan")
+
+
+# ---------------------------------------------------------------------------------------------- the result
+def assemble_result(data: LoopData, params: dict, state: FitState, stage: PilotStage, bias, guides,
+                    decision: str) -> MethodResult:
+    """The chosen iterate (stopping rule, or the safeguard's best held-out iterate), or the pilot itself when
+    the safeguard finds no held-out evidence that the DIP stage improves on it; diagnostics say which."""
+    rule, guard = state.rule, stage.guard
+    if state.cancelled or rule.best_output is None:
+        image = state.ema if rule.best_output is None else rule.best_output
+        image = state.last_output if image is None else image
+        stop_rule = "cancelled" if state.cancelled else rule.name
+        stop_iteration = max(rule.best_iteration, 0) if rule.best_output is not None else max(state.it_done - 1, 0)
     else:
-        image = rule.best_output
-        stop_rule = rule.name
-        stop_iteration = rule.best_iteration
+        image, stop_rule, stop_iteration = rule.best_output, rule.name, rule.best_iteration
+    best_bias = state.best_bias
     if bias is not None and best_bias is None:
         with torch.no_grad():
             best_bias = bias()
-
-    stage = "dip"
-    if guard is not None and not cancelled:
+    returned = "dip"
+    if guard is not None and not state.cancelled:
         if guard.accepted():
             _, _, stop_iteration, image, chosen_b = guard.best
             stop_rule = "held-out"
-            if chosen_b is not None:
-                best_bias = chosen_b
+            best_bias = chosen_b if chosen_b is not None else best_bias
         else:
-            stage = "pilot"
+            returned = "pilot"
     out = image.detach().float().clamp_min(0).cpu().numpy().astype(np.float32)
-    extras = {}
-    if pilot is not None:
-        extras["pilot"] = pilot.detach().cpu().numpy().astype(np.float32)
-    if pilot_image is not None:  # the classical pilot as it came (bias-corrected image and its own field)
-        extras["pilot_image"] = pilot_image.astype(np.float32)
-        if pilot_bias_raw is not None:
-            extras["pilot_bias"] = np.asarray(pilot_bias_raw, np.float32)
-    if xi is not None:
-        extras["fused_field_magnitude"] = torch.sqrt((xi * xi).sum(0)).cpu().numpy().astype(np.float32)
     bias_out = None if best_bias is None else best_bias.cpu().numpy().astype(np.float32)
-    if stage == "pilot":  # the safeguard found no held-out evidence that the DIP stage improves on its pilot
-        out, bias_out = pilot_image.astype(np.float32), pilot_bias_raw
-        if bias is not None:
-            # the pilot is returned exactly (its image and its N4 field); DIP-Fusion's own starting field (the
-            # tissue-class regression) stays available. Splitting the pilot's model by it instead gained 1.27 dB
-            # on the 48^3 head but lost 1.18 dB on a 48x48 slice (docs/method.md): not a safe default.
+    extras = _extras(stage, guides)
+    if returned == "pilot":  # the pilot is returned exactly (its image and its own field)
+        out, bias_out = stage.full_image.astype(np.float32), stage.full_bias
+        if bias is not None:  # DIP-Fusion's own starting field stays available (docs/method.md)
             with torch.no_grad():
                 extras["joint_bias_field"] = torch.exp(bias.start).cpu().numpy().astype(np.float32)
         stop_rule, stop_iteration = "held-out: pilot", 0
-    result = MethodResult(image=out, iterations=it_done, stop_rule=stop_rule, stop_iteration=int(stop_iteration),
-                          bias_field=bias_out, history=history, extras=extras, params=dict(params))
-    # What "auto" settings resolved to (kept out of params so a written parameter file reloads cleanly).
-    result.diagnostics = {"fidelity": kind, "n_channels": int(n_ch), "noise_sigma": sigma,
-                          "stop_reason": ("cancelled by the user" if cancelled else
-                                          f"held-out error not improved for {guard_patience} steps" if guard_stopped
-                                          else rule.reason),
-                          "returned_stage": stage, "bias_decision": bias_decision,
-                          **(_guard_diagnostics(guard) if guard is not None else {}),
-                          "proton_used": bool(use_proton), "seconds_per_iteration":
-                          (time.perf_counter() - t0) / max(it_done, 1)}
+    result = MethodResult(image=out, iterations=state.it_done, stop_rule=stop_rule,
+                          stop_iteration=int(stop_iteration), bias_field=bias_out, history=state.history,
+                          extras=extras, params=dict(params))
+    # what "auto" settings resolved to (kept out of params so a written parameter file reloads cleanly)
+    result.diagnostics = {"fidelity": data.kind, "n_channels": int(data.n_ch), "noise_sigma": data.sigma,
+                          "stop_reason": _stop_reason(state, params), "returned_stage": returned,
+                          "bias_decision": decision, **(guard.diagnostics() if guard is not None else {}),
+                          "proton_used": data.proton is not None,
+                          "seconds_per_iteration": state.seconds / max(state.it_done, 1)}
     return result
+
+
+def _stop_reason(state: FitState, params: dict) -> str:
+    if state.cancelled:
+        return "cancelled by the user"
+    if state.guard_stopped:
+        return f"held-out error not improved for {int(params['holdout_patience'])} steps"
+    return state.rule.reason
+
+
+def _extras(stage: PilotStage, guides: Optional[Guides]) -> dict:
+    extras = {}
+    if stage.start is not None:
+        extras["pilot"] = stage.start.detach().cpu().numpy().astype(np.float32)
+    if stage.full_image is not None:  # the classical pilot as it came (bias-corrected image and its own field)
+        extras["pilot_image"] = stage.full_image.astype(np.float32)
+        if stage.full_bias is not None:
+            extras["pilot_bias"] = np.asarray(stage.full_bias, np.float32)
+    if guides is not None and guides.xi is not None:
+        extras["fused_field_magnitude"] = torch.sqrt((guides.xi * guides.xi).sum(0)).cpu().numpy().astype(np.float32)
+    return extras

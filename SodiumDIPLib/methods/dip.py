@@ -12,7 +12,7 @@ from SodiumDIPLib.methods.base import Method, register
 from SodiumDIPLib.methods.dipfusion import COMMON, classical_pilots
 
 PLAIN = dict(COMMON, proton_input=False, fidelity="gaussian", weight_dtv=0.0, kspace_weight_dtv=0.0, weight_gc=0.0,
-             bias_degree=0, sodium_guide="none", w_na=0.0, warm_start=0)
+             bias_degree=0, sodium_guide="none", w_na=0.0)
 
 PRESETS = {
     "fast": dict(PLAIN, iterations=200),

@@ -40,7 +40,7 @@ from SodiumDIPLib.methods.base import Method, register
 COMMON = dict(
     channels="16,32,64", skip_channels="4,4,4", input_channels=8, input_scale=1.0, output_init=True, reg_noise_std=0.03,
     upsample="linear", pad="reflect", norm="batch", output="softplus", proton_input=True, pilot_input=False, precision="bf16",
-    iterations=300, lr=0.01, lr_schedule="cosine", lr_min_factor=0.1, warm_start=0, warm_lr=0.02, ema=0.95,
+    iterations=300, lr=0.01, lr_schedule="cosine", lr_min_factor=0.1, ema=0.95,
     fidelity="auto", n_channels=0,
     weight_dtv=0.3, kspace_weight_dtv=0.02, gamma=0.95, eps=0.01, eta_h=0.05, eta_na=0.1, w_h=1.0, w_na=1.0, fusion="tensor",
     sodium_guide="output", refresh_every=25, pilot="smooth", pilot_sigma_mm=6.0,
@@ -63,7 +63,7 @@ COMMON = dict(
 # field, a less strict directional prior) keep the proton leakage below dtv's (0.019; 0.023 at w_h 0.5,
 # gamma 0.95).
 FUSION = dict(COMMON, pilot="fused-dtv", holdout_patience=60, residual=True, bias_init="proton", weight_bias=1000.0, pilot_input=True,
-              proton_input=False, warm_start=0, lr=0.005, fidelity="gaussian", w_h=0.25, gamma=0.9,
+              proton_input=False, lr=0.005, fidelity="gaussian", w_h=0.25, gamma=0.9,
               holdout_fraction=0.1, bias_select="auto")
 
 PRESETS = {
