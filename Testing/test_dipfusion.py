@@ -6,6 +6,7 @@ import torch
 
 from SodiumDIPLib.errors import InputError
 from SodiumDIPLib.methods import RunContext, get_method
+from SodiumDIPLib.methods.dipfusion import classical_pilots
 from SodiumDIPLib.metrics.quality import lesion_crc, psnr
 from SodiumDIPLib.data.phantom import make_phantom
 from SodiumDIPLib.physics.base import LinearOperator
@@ -36,7 +37,7 @@ def test_every_term_is_active_and_weight_zero_removes_it(small_case):
     assert full.bias_field is not None and full.bias_field.shape == problem.image_shape
     assert "fused_field_magnitude" in full.extras and "pilot" in full.extras
     off = _run(problem, **dict(TINY, weight_dtv=0.0, weight_gc=0.0, bias_degree=0, pilot="smooth", residual=False,
-                               pilot_input=False, warm_start=0, lr=0.01, fidelity="auto"))
+                               pilot_input=False, lr=0.01, fidelity="auto"))
     assert set(off.history[-1]["terms"]) == {"fidelity"}
     assert off.bias_field is None
     # a zero weight is the same as never having the term: identical to plain DIP with the same settings
@@ -60,11 +61,11 @@ def test_bias_field_moves_and_keeps_its_scale(small_case):
 
 @pytest.mark.parametrize("bias_init", ["proton", "pilot"])
 def test_residual_run_starts_at_the_pilot_model(small_case, bias_init):
-    """x = pilot + f(z): b * x starts at the dTV pilot's model of the measurement, whichever field b starts at."""
+    """x = pilot + f(z): b * x starts at the classical pilot's model of the measurement, whichever field b starts at."""
     _, problem, _ = small_case
     res = _run(problem, **dict(TINY, iterations=1, lr=1e-8, bias_lr=1e-8, bias_init=bias_init))
-    dtv = get_method("dtv")
-    pilot = dtv.run(problem, dtv.parameters("fast"), RunContext("cpu", 0))
+    run_pilot, fast = classical_pilots()[res.params["pilot"]]  # the classical pilot, run on its own
+    pilot = run_pilot(problem, dict(fast), RunContext("cpu", 0))
     model, expected = res.image * res.bias_field, pilot.image * pilot.bias_field
     err = np.abs(model - expected)[problem.support].max() / expected.max()
     assert err < 0.02, err
@@ -97,16 +98,11 @@ def test_cancel_returns_the_best_so_far(small_case):
         ctx = RunContext("cpu", 0, on_progress=on_progress, should_cancel=lambda: dip_steps["n"] >= 4)
         return spec.run(problem, spec.parameters("fast", dict(TINY, iterations=50, **over)), ctx)
 
-    res = run(warm_start=0)
+    res = run()
     assert res.stop_rule == "cancelled" and res.iterations == 4
     assert res.image.shape == problem.image_shape and np.isfinite(res.image).all()
-    calls = {"n": 0}  # cancelled inside the warm start (smooth pilot): still an image, no main-loop iterations
-
-    def cancel():
-        calls["n"] += 1
-        return calls["n"] > 4
-
-    res = _run(problem, cancel=cancel, **dict(TINY, iterations=50, warm_start=20, residual=False, pilot="smooth"))
+    # cancelled before the first step (smooth pilot): still an image (the untrained network's), no iterations
+    res = _run(problem, cancel=lambda: True, **dict(TINY, iterations=50, residual=False, pilot="smooth"))
     assert res.stop_rule == "cancelled" and res.iterations == 0 and np.isfinite(res.image).all()
 
 
@@ -149,7 +145,7 @@ def test_kspace_operator_runs_and_fits_the_data(small_case):
     import dataclasses
     kprob = dataclasses.replace(problem, measurement=y, operator=op, initial=op.adjoint(y).abs().numpy(),
                                 magnitude=False, noise_sigma=0.01)
-    res = _run(kprob, **dict(TINY, iterations=30, lr=0.03, warm_start=0, pilot_input=False, pilot="smooth",
+    res = _run(kprob, **dict(TINY, iterations=30, lr=0.03, pilot_input=False, pilot="smooth",
                              residual=False))
     first, last = res.history[0]["terms"]["fidelity"], res.history[-1]["terms"]["fidelity"]
     assert last < 0.5 * first
