@@ -1,33 +1,27 @@
 """``dipfusion``: DIP + fused proton/sodium directional TV + gradient consistency + joint bias field.
 
-The product's method (DESIGN section 5; what changed and why: docs/method.md). The loop is shared with plain
-DIP (``_dipcore.run_dip``); this module only fixes the parameters. Every parameter is in every preset:
+    stage 1 (classical pilot):  x_p = fused dTV of y (``run_fused_dtv``: dTV whose direction field fuses the
+                                proton structure with the sodium structure of a first dTV pass)
+    stage 2 (DIP):              min_theta,c  D(b x, y) + (w_dtv dTV_xi(x) + w_gc GC(x)) / sigma + w_bias |log b - log b0|^2
+                                x = x_p + f_theta(z)  (residual: f = 0 at the start),  b = b0 exp(B c)
+    safeguard:                  the DIP iterate is returned only when it beats x_p on held-out voxels; else x_p
+
+The loop is shared with plain DIP (``dip.loop.run_dip``); this module fixes the parameters and offers the
+classical pilots. Every parameter is declared (type, range, unit, doc) in ``SodiumDIPLib.params``; the groups:
 
 network     channels, skip_channels, input_channels, input_scale, reg_noise_std, upsample, pad, norm, output,
-            proton_input (proton image as an extra network input channel), pilot_input (the smoothed
-            measurement as another input channel), precision ("bf16" autocast / "fp32")
-optimiser   residual (x = pilot + f(z): start at the pilot exactly), iterations (maximum), lr, lr_schedule ("cosine"/"none"), lr_min_factor, warm_start (steps fitting
-            the pilot before the real objective, at warm_lr), ema (output moving average decay, 0 = off)
-fidelity    fidelity ("auto": noncentral chi / Rician for magnitudes, Gaussian for k-space; or "gaussian",
-            "rician", "chi", "corrected_ls"), n_channels (0 = from the data's background floor)
-dTV         weight_dtv (kspace_weight_dtv for k-space data), gamma (0..0.999), eps, eta_h / eta_na (edge thresholds of the proton / sodium guides,
-            normalised intensity per voxel), w_h / w_na (fusion weights; w_na = 0 = proton-only dTV), fusion
-            ("tensor"/"sum"), sodium_guide ("pilot": smoothed data; "output": pilot, then the detached EMA
-            output every refresh_every iterations; "none"), pilot ("smooth": Gaussian-smoothed data, pilot_sigma_mm;
-            "tv": the registered isotropic-TV method's fast result), pilot_sigma_mm
-GC          weight_gc, gc_sigma_vox (smoothing before the gradients)
-bias field  bias_degree (0 = no bias field), bias_lr, weight_bias (ridge on log b), bias_init ("none": b = 1;
-            "proton": robust fit of log(smoothed data) = bias + function of the proton intensity; "pilot": the
-            bias field of a classical pilot (N4 inside tv/dtv) projected onto the smooth basis)
-            bias_select ("auto": a field only where the data carry one -- the classical pilot's N4 evidence rule,
-            physics.bias.receive_bias; "always")
-safeguard   holdout_fraction (share of the support's voxels left out of the DIP's data term, 0 = off; image data
-            with a residual pilot only), holdout_margin (standard errors by which the best DIP iterate must beat the
-            pilot on the held-out voxels, else the pilot is returned), holdout_every (iterations between checks).
-            MethodResult.diagnostics["returned_stage"] says "pilot" or "dip".
-pilot       pilot ("smooth": Gaussian-smoothed data; "tv" / "dtv": the registered classical method, fast preset),
-            pilot_input (the pilot as an extra network input channel), warm_start (steps fitting it first)
+            output_init, proton_input, pilot_input, precision
+optimiser   residual, iterations (maximum), lr, lr_schedule, lr_min_factor, ema
+fidelity    fidelity, n_channels
+prior       weight_dtv (kspace_weight_dtv for k-space data), gamma, eps, eta_h, eta_na, w_h, w_na, fusion,
+            sodium_guide, refresh_every, weight_gc, gc_sigma_vox
+pilot       pilot ("smooth", "tv", "dtv", "fused-dtv"), pilot_sigma_mm
+bias field  bias_degree, bias_lr, weight_bias, bias_init, bias_classes, bias_bins, bias_select
+safeguard   holdout_fraction, holdout_margin, holdout_every, holdout_patience;
+            MethodResult.diagnostics["returned_stage"] says "pilot" or "dip"
 stopping    stopping ("fixed", "wmv", "discrepancy"), stop_window, stop_patience, stop_tau, stop_min_iterations
+
+Why each preset value is what it is (with the measurements): docs/method.md.
 """
 
 from __future__ import annotations
@@ -49,19 +43,10 @@ COMMON = dict(
     residual=False, holdout_fraction=0.0, holdout_margin=2.0, holdout_every=10, holdout_patience=0, stopping="fixed", stop_window=30, stop_patience=60, stop_tau=1.0, stop_min_iterations=50,
 )
 
-# Measured on the 48^3 head phantom and the 7 T pair (docs/method.md). The run starts at the proton-guided dTV
-# pilot exactly (residual: x = pilot + f(z), f = 0 at the start; the old 150-step warm start fitted the pilot
-# only to ~0.8 sigma and lost half its accuracy on the 7 T pair), with the joint bias field starting at a
-# given field and refined under a ridge (weight_bias): a free refinement drifts, the dTV prior pushing
-# anatomy into b (-1.4 dB). No proton input channel: the proton acts only through the fused dTV prior, so
-# proton-only structure stays out (leakage 0.097 with it, 0.014 without). Gaussian fidelity: the Rician /
-# noncentral-chi models pull the tissue signal down where it is far above the noise floor (-2.4 dB phantom).
-# Bias start: the tissue-class regression on the proton image (bias_init="proton", 4 k-means sodium classes)
-# instead of the pilot's N4 field: N4 cannot see a 32-channel array's receive bias (Pearson 0.03 with the measured
-# bias on the 7 T pair, against 0.79), and on the phantom the regression is also the better field (0.987 vs
-# 0.978; 34.0 vs 32.9 dB). With it, w_h 0.25 and gamma 0.9 (the proton a quarter of the sodium in the fused
-# field, a less strict directional prior) keep the proton leakage below dtv's (0.019; 0.023 at w_h 0.5,
-# gamma 0.95).
+# The presets: start at the fused dTV pilot exactly (residual), joint bias field only where the pilot's N4
+# finds a receive bias, seeded by the tissue-class regression on the proton image and held near it by a ridge;
+# no proton input channel (the proton acts through the fused prior only, against proton leakage); Gaussian
+# fidelity; the held-out safeguard. Each choice and its numbers: docs/method.md.
 FUSION = dict(COMMON, pilot="fused-dtv", holdout_patience=60, residual=True, bias_init="proton", weight_bias=1000.0, pilot_input=True,
               proton_input=False, lr=0.005, fidelity="gaussian", w_h=0.25, gamma=0.9,
               holdout_fraction=0.1, bias_select="auto")
