@@ -133,8 +133,7 @@ class DIPNet(nn.Module):
     @torch.no_grad()
     def init_output(self, level: float, weight_scale: float = 0.1) -> None:
         """Start near a flat image of value ``level`` (e.g. the data's mean): shrink the last convolution and
-        set its bias so that the output non-linearity gives ``level``. Measured: reaches a given PSNR in
-        about half the iterations of the default init (docs/method.md)."""
+        set its bias so that the output non-linearity gives ``level`` (why: docs/method.md, change 1)."""
         self.head.weight.mul_(weight_scale)
         if self.config.output == "softplus":
             level = max(float(level), 1e-3)
@@ -162,15 +161,9 @@ class DIPNet(nn.Module):
         return out
 
 
-def make_input(shape: tuple, channels: int, generator: torch.Generator, scale: float = 0.1,
-               kind: str = "noise") -> torch.Tensor:
-    """The fixed random code z of DIP, (1, channels, *shape), drawn on the CPU from ``generator``.
-
-    kind "noise": uniform [0, scale) (Ulyanov's default, scale 0.1); "meshgrid"-free on purpose: a spatial
-    code is supplied by the proton channel when there is one.
-    """
-    if kind != "noise":
-        raise InputError(f"unknown input kind {kind!r}; expected 'noise'")
+def make_input(shape: tuple, channels: int, generator: torch.Generator, scale: float = 0.1) -> torch.Tensor:
+    """The fixed random code z of DIP, (1, channels, *shape), uniform on [0, scale) (Ulyanov's default scale
+    0.1), drawn on the CPU from ``generator``. Image channels (proton, pilot) are appended by the caller."""
     return torch.rand((1, int(channels)) + tuple(shape), generator=generator) * float(scale)
 
 

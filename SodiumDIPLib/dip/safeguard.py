@@ -67,7 +67,7 @@ class HeldOutCheck:
 
 def same_settings(pilot_result) -> dict:
     """Overrides that make a re-run of the pilot its twin: its selected weight (no new SURE search on the filled
-    data, which picked a weaker weight and lost 1.25 dB on an atlas brain) and its bias decision."""
+    data: it picks a weaker weight there, docs/method.md) and its bias decision."""
     over = {"bias_correction": "auto" if pilot_result.bias_field is not None else "none"}
     lam = next((h["lambda_sigma"] for h in pilot_result.history if "lambda_sigma" in h), None)
     if lam is not None:
