@@ -3,8 +3,12 @@
 Tu et al., "Score-based self-supervised MRI denoising" (Corruption2Self, ICLR 2025). The volume (and, with
 ``cohort``, every noisy volume of a folder) is corrupted further at levels tau on top of its own noise sigma,
 and a small noise-conditional 2.5D U-Net (SodiumDIPLib.learned) learns the expectation of the less corrupted
-image (SodiumDIPLib.learned.gdsm has the loss and why it is unbiased). The registered proton slice is an
-extra input channel (``use_proton``). Inference: every slice in the three orientations, averaged.
+image (SodiumDIPLib.learned.gdsm has the loss and why it is unbiased). The registered proton slice can be an
+extra input channel (``use_proton``, off by default: the network copies proton-only edges). Inference: every
+slice in the three orientations and its mirror image, averaged.
+
+Noise level (``noise_estimate``): "auto" takes sigma and the channel count from a magnitude image's noise-only
+background when it has one (SodiumDIPLib.learned.noise), else the problem's estimate; "problem" keeps it.
 
 Noise model (``noise_model``): the training noise is Gaussian; on complex-derived images that is the data's own
 model. On magnitude images ("rician", the default for magnitudes via "auto") the network learns the
