@@ -257,6 +257,9 @@ _COMMON = [
        "training", "sigma", 0, 0.99),
     _p("noise_model", "choice", "noise of the input: 'auto' (from the data), 'gaussian' or 'rician'",
        "fidelity", choices=("auto", "gaussian", "rician")),
+    _p("noise_estimate", "choice", "noise level of the input: 'auto' (from a noise-only background of a magnitude "
+       "image when there is one, else the problem's estimate) or 'problem' (the problem's value as given)",
+       "fidelity", choices=("auto", "problem")),
     _p("cohort", "text", "folder of further noisy sodium volumes to train on ('' = this volume only)", "files",
        path="in"),
     _p("model_in", "text", "trained denoiser weights to apply ('' = train on this volume)", "files", path="in"),

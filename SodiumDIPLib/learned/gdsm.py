@@ -235,15 +235,41 @@ def _evaluate(model: Denoiser, val, level: float) -> float:
     return float(gdsm_loss(model.eval(), stack, proton, sigma, tau, noise, sigma * level))
 
 
+# in-plane transforms of test-time augmentation: (flip rows, flip columns, transpose); each is its own inverse
+# when undone in reverse order
+_TRANSFORMS = [(False, False, False), (False, True, False), (True, False, False), (True, True, False),
+               (False, False, True), (False, True, True), (True, False, True), (True, True, True)]
+AUGMENTS = (1, 2, 4, 8)
+
+
+def _forward(t, flip_rows, flip_cols, transpose):
+    if flip_rows:
+        t = t.flip(-2)
+    if flip_cols:
+        t = t.flip(-1)
+    return t.transpose(-2, -1) if transpose else t
+
+
+def _inverse(t, flip_rows, flip_cols, transpose):
+    if transpose:
+        t = t.transpose(-2, -1)
+    if flip_cols:
+        t = t.flip(-1)
+    return t.flip(-2) if flip_rows else t
+
+
 @torch.no_grad()
 def apply_denoiser(model: Denoiser, noisy: np.ndarray, sigma: float, proton: Optional[np.ndarray] = None,
                    output_level: float = 0.0, device="cpu", chunk: int = 32,
-                   check: Optional[Callable[[], None]] = None, flips: bool = True) -> np.ndarray:
+                   check: Optional[Callable[[], None]] = None, augment: int = 2) -> np.ndarray:
     """Denoise a 2D/3D image slice by slice in every orientation and average (normalised units in and out).
 
     sigma: the image's noise level; output_level: target level as a fraction of sigma (0 = clean);
-    flips: also denoise the in-plane mirror image and average (twice the time).
+    augment: in-plane transforms averaged per slice (test-time augmentation; time grows with it): 1 none,
+    2 the mirror image, 4 the mirrors of both axes, 8 those and their transposes.
     """
+    if augment not in AUGMENTS:
+        raise InputError(f"augment must be one of {AUGMENTS}, got {augment!r}")
     model = model.to(device).eval()
     if model.cfg.proton and proton is None:
         raise InputError("this c2s model takes the proton image as an input channel; give a proton volume")
@@ -260,11 +286,11 @@ def apply_denoiser(model: Denoiser, noisy: np.ndarray, sigma: float, proton: Opt
             s_in = torch.full((len(idx),), float(sigma), device=vol.device)
             prot = protons[o][idx] if protons is not None else None
             s_out = s_in * float(output_level)
-            if flips:  # average with the in-plane mirror image (test-time augmentation)
-                mirrored = model(stack.flip(-1), s_in, s_out, None if prot is None else prot.flip(-1)).flip(-1)
-                res[idx] = 0.5 * (model(stack, s_in, s_out, prot) + mirrored)
-            else:
-                res[idx] = model(stack, s_in, s_out, prot)
+            total = torch.zeros((len(idx),) + tuple(vol.shape[1:]), device=vol.device)
+            for tr in _TRANSFORMS[:augment]:
+                p = None if prot is None else _forward(prot, *tr)
+                total += _inverse(model(_forward(stack, *tr), s_in, s_out, p), *tr)
+            res[idx] = total / augment
             if check is not None:
                 check()
         outs.append(res)
@@ -273,3 +299,4 @@ def apply_denoiser(model: Denoiser, noisy: np.ndarray, sigma: float, proton: Opt
     a, b, c = outs
     mean = (a + b.permute(1, 0, 2) + c.permute(1, 2, 0)) / 3
     return mean.cpu().numpy().astype(np.float32)
+

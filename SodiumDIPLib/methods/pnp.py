@@ -46,12 +46,12 @@ DENOISERS = ("auto", "prior", "c2s", "bm4d")
 # splitting / lambda_dc: 32^3 head phantom, 4-coil Cartesian R = 4, bm4d denoiser, 12 steps: HQS lambda_dc 1 / 0.3 /
 # 0.1: 25.27 / 28.13 / 28.34 dB; ADMM lambda_dc 0.3: 29.08 (docs/c2s_pnp.md)
 _COMMON = dict(denoiser="auto", splitting="admm", sigma_start=0.1, sigma_end_factor=1.0, lambda_dc=1.0,
-               cg_iterations=10, stopping="fixed", discrepancy_tau=1.0, use_proton=True, c2s_steps=300,
-               noise_model="auto", bias_correction="n4")
+               cg_iterations=10, stopping="fixed", discrepancy_tau=1.0, use_proton=False, c2s_steps=600,
+               noise_model="auto", noise_estimate="auto", bias_correction="n4")
 PRESETS = {
     "fast": dict(_COMMON, iterations=12),
-    "balanced": dict(_COMMON, iterations=16, c2s_steps=600),
-    "quality": dict(_COMMON, iterations=24, cg_iterations=20, c2s_steps=1500),
+    "balanced": dict(_COMMON, iterations=16, c2s_steps=1500),
+    "quality": dict(_COMMON, iterations=24, cg_iterations=20, c2s_steps=4000),
 }
 MAX_INTENSITY = 4.0  # denoised images are clipped to [0, 4] x the starting image's robust maximum (a guard)
 
@@ -71,6 +71,8 @@ def check_pnp_params(params: dict) -> None:
             raise InputError(f"{key} must be >= 1, got {params[key]}")
     if params["bias_correction"] not in ("none", "n4"):
         raise InputError(f"bias_correction must be 'none' or 'n4', got {params['bias_correction']!r}")
+    if params["noise_estimate"] not in ("auto", "problem"):
+        raise InputError(f"noise_estimate must be 'auto' or 'problem', got {params['noise_estimate']!r}")
     if params["noise_model"] not in ("auto", "gaussian", "rician"):
         raise InputError(f"noise_model must be 'auto', 'gaussian' or 'rician', got {params['noise_model']!r}")
     if int(params["c2s_steps"]) < 1:
@@ -197,7 +199,11 @@ def run_pnp(problem: Problem, params: dict, ctx: RunContext) -> MethodResult:
     identity = bool(getattr(op, "is_identity", False))
     y = problem.measurement
     y = y.to(dev) if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y)).to(dev)
-    sigma = noise_sigma_of(problem)
+    sigma, channels = noise_sigma_of(problem), int(problem.n_channels)
+    if identity:  # a magnitude image's noise from its noise-only background when it has one (as c2s)
+        from SodiumDIPLib.methods.c2s import noise_of
+
+        sigma, channels = noise_of(problem, params, np.abs(np.asarray(problem.initial, np.float32)))
     if not identity:
         op = op.to(dev)
         op, y, sigma, _ = density_weighted(op, y, sigma, problem.image_shape, dev)
@@ -255,7 +261,7 @@ def run_pnp(problem: Problem, params: dict, ctx: RunContext) -> MethodResult:
         stop_rule, stop_at = "cancelled", done
     out = z.cpu().numpy().astype(np.float32) * unit
     sigma = sigma * unit
-    out, bias, diagnostics = _finish(problem, params, out, sigma, identity)
+    out, bias, diagnostics = _finish(problem, params, out, sigma, identity, channels)
     result = MethodResult(image=out, iterations=done, stop_rule=stop_rule, stop_iteration=stop_at, bias_field=bias,
                           history=history, params=dict(params))
     if diagnostics:
@@ -288,7 +294,7 @@ def _image_noise(image: np.ndarray, fallback: float) -> float:
         return fallback
 
 
-def _finish(problem: Problem, params: dict, out: np.ndarray, sigma: float, identity: bool):
+def _finish(problem: Problem, params: dict, out: np.ndarray, sigma: float, identity: bool, channels: int):
     """Noise-floor removal (magnitude images, rician model) and N4 bias correction for images."""
     from SodiumDIPLib.learned.network import noise_floor_free
 
@@ -296,8 +302,8 @@ def _finish(problem: Problem, params: dict, out: np.ndarray, sigma: float, ident
     model = params["noise_model"] if params["noise_model"] != "auto" else ("rician" if (identity and problem.magnitude)
                                                                            else "gaussian")
     if model == "rician" and identity:
-        out = noise_floor_free(torch.from_numpy(out), sigma, int(problem.n_channels)).numpy()
-        diagnostics = {"fidelity": "rician", "noise_sigma": sigma, "n_channels": int(problem.n_channels)}
+        out = noise_floor_free(torch.from_numpy(out), sigma, channels).numpy()
+        diagnostics = {"fidelity": "rician", "noise_sigma": sigma, "n_channels": channels}
     bias = None
     if identity and params["bias_correction"] == "n4":  # k-space: the image keeps b (scored as b x there)
         bias = n4_bias_field(np.asarray(problem.initial, np.float32), problem.support, spacing=problem.spacing)
