@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from SodiumDIPLib.dip import fidelity as fid
-from SodiumDIPLib.problem import Problem, RunContext
+from SodiumDIPLib.problem import Problem
 
 
 class HeldOutCheck:

@@ -312,11 +312,13 @@ def _finish(problem: Problem, params: dict, out: np.ndarray, sigma: float, ident
 
 
 def _psnr(x: np.ndarray, ref: np.ndarray, mask: Optional[np.ndarray]) -> float:
-    if mask is not None and np.any(mask):
-        x, ref = x[mask], np.asarray(ref)[mask]
-    mse = float(np.mean((x - ref) ** 2))
-    peak = float(np.max(ref))
-    return 10 * math.log10(peak * peak / mse) if mse > 0 and peak > 0 else float("inf")
+    """Monitoring PSNR against a known reference (metrics.quality.psnr; nan where undefined)."""
+    from SodiumDIPLib.metrics.quality import psnr
+
+    try:
+        return psnr(x, ref, mask)
+    except InputError:
+        return float("nan")
 
 
 register(Method(name="pnp", description=DESCRIPTION, run=run_pnp, presets=PRESETS, supports_kspace=True,
