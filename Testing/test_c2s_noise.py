@@ -7,7 +7,7 @@ import torch
 from SodiumDIPLib.errors import InputError
 from SodiumDIPLib.learned.gdsm import apply_denoiser
 from SodiumDIPLib.learned.network import Denoiser, DenoiserConfig
-from SodiumDIPLib.learned.noise import background_noise, chi_mean_std_ratio
+from SodiumDIPLib.data.noise import background_noise, chi_mean_std_ratio
 
 
 def _magnitude_ball(sigma, channels, shape=(40, 40, 40), seed=0, smooth_background=0.0):

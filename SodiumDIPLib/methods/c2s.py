@@ -8,7 +8,7 @@ extra input channel (``use_proton``, off by default: the network copies proton-o
 slice in the three orientations and its mirror image, averaged.
 
 Noise level (``noise_estimate``): "auto" takes sigma and the channel count from a magnitude image's noise-only
-background when it has one (SodiumDIPLib.learned.noise), else the problem's estimate; "problem" keeps it.
+background when it has one (SodiumDIPLib.data.noise), else the problem's estimate; "problem" keeps it.
 
 Noise model (``noise_model``): the training noise is Gaussian; on complex-derived images that is the data's own
 model. On magnitude images ("rician", the default for magnitudes via "auto") the network learns the
@@ -90,10 +90,10 @@ def noise_of(problem: Problem, params: dict, y: np.ndarray) -> tuple:
     """(sigma, n_channels) of the input in normalised units.
 
     noise_estimate="auto" on a magnitude image: from the background's chi statistics when the background is
-    pure noise (SodiumDIPLib.learned.noise; the whole-image wavelet estimate reads 24-30 % low on simulated
+    pure noise (SodiumDIPLib.data.noise; the whole-image wavelet estimate reads 24-30 % low on simulated
     magnitudes, and GDSM's target scales with sigma); otherwise, and with "problem", Problem.noise_sigma (or
     the engine's estimate) and Problem.n_channels."""
-    from SodiumDIPLib.learned.noise import background_noise
+    from SodiumDIPLib.data.noise import background_noise
 
     sigma, channels = noise_sigma_of(problem), int(problem.n_channels)
     if params["noise_estimate"] == "auto" and problem.magnitude and problem.support is not None:
