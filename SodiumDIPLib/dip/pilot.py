@@ -40,7 +40,7 @@ class PilotStage:
     y_gc: Optional[torch.Tensor] = None
 
 
-def pilot_runner(problem_ctx: RunContext, pilots: dict, name: str, method_name: str) -> Callable:
+def pilot_runner(ctx: RunContext, pilots: dict, name: str, method_name: str) -> Callable:
     """run(problem, overrides) -> MethodResult of the classical pilot ``name`` among those the calling method
     offers (name -> (run function, fast-preset parameters)), under the parent's progress and cancel. The
     variational methods correct the receive bias (N4) and return it; a cancel during the weight search raises
@@ -48,7 +48,6 @@ def pilot_runner(problem_ctx: RunContext, pilots: dict, name: str, method_name: 
     if name not in pilots:
         raise InputError(f"{method_name}: pilot {name!r} is not available here; expected one of {sorted(pilots)}")
     run_pilot, fast_params = pilots[name]
-    ctx = problem_ctx
 
     def progress(event, image):
         if ctx.on_progress is not None:

@@ -76,19 +76,23 @@ def run_fused_dtv(problem, params, ctx):
     w_h, w_na, eta_na. Returns pass 2's MethodResult (pass 1's result if it was cancelled)."""
     from SodiumDIPLib.priors.guidance import direction_field, fuse_direction_fields, normalise_guide
 
-    from .dtv import proton_direction_field, run_dtv
+    from .dtv import proton_direction_field
+    from SodiumDIPLib.params import validate as validate_params
     from SodiumDIPLib.problem import relative_spacing
     from SodiumDIPLib.solvers.variational import solve_variational
 
-    dtv_params = {k: v for k, v in params.items() if k not in FUSED_PILOT}
-    first = run_dtv(problem, dtv_params, ctx)
+    dtv_params = validate_params("dtv", {k: v for k, v in params.items() if k not in FUSED_PILOT})
+    gamma = float(params["gamma"])
+    xi_h = proton_direction_field(problem, float(params["eta"]), float(params["guide_smoothing_vox"]), ctx.device)
+    first = solve_variational(problem, dtv_params, ctx, xi=xi_h, gamma=gamma, extras={})
     if first.stop_rule == "cancelled" or ctx.cancelled():
         return first
-    xi_h = proton_direction_field(problem, float(params["eta"]), float(params["guide_smoothing_vox"]), ctx.device)
     sodium = normalise_guide(np.asarray(first.image, np.float32), 99.9, problem.support, device=ctx.device)
     xi_na = direction_field(sodium, float(params["eta_na"]), relative_spacing(problem))
     xi = fuse_direction_fields(xi_h, xi_na, float(params["w_h"]), float(params["w_na"]), "tensor")
-    return solve_variational(problem, dtv_params, ctx, xi=xi, gamma=float(params["gamma"]), extras={})
+    # same data, so pass 1's receive-bias decision holds: no second N4 run
+    return solve_variational(problem, dtv_params, ctx, xi=xi, gamma=gamma, extras={},
+                             receive=(first.bias_field, first.diagnostics))
 
 
 def classical_pilots() -> dict:

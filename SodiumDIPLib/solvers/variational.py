@@ -194,18 +194,24 @@ class Monitor:
 
 
 def solve_variational(problem: Problem, params: dict, ctx: RunContext, xi: Optional[torch.Tensor] = None,
-                      gamma: float = 0.0, extras: Optional[dict] = None) -> MethodResult:
+                      gamma: float = 0.0, extras: Optional[dict] = None,
+                      receive: Optional[tuple] = None) -> MethodResult:
     """(Directional) TV reconstruction of ``problem`` (the module's steps 1-6) with progress and cancellation.
 
     params: iterations, tol, lambda_sigma (images) / kspace_lambda_sigma (k-space), lambda_select, nonneg,
     bias_correction, bregman_steps, bregman_weight_factor (SodiumDIPLib.params). xi, gamma: the direction
-    field (d, *image_shape) and its strength (dTV); None / 0: isotropic TV. A cancel returns the latest
+    field (d, *image_shape) and its strength (dTV); None / 0: isotropic TV. receive: (b or None, its
+    diagnostics) already decided on this problem's data by an earlier pass (None: decided here). A cancel returns the latest
     iterate with stop_rule "cancelled" (re-raised when there is none yet)."""
     data = data_term(problem, ctx.device)
     lam_key = "lambda_sigma" if data.identity else "kspace_lambda_sigma"
     lam_sigma = float(params.get(lam_key, params["lambda_sigma"]))
     lam = lam_sigma * data.sigma * data.norm
-    bias, bias_diag, data.gain = receive_gain(problem, params.get("bias_correction", "none"), ctx.device)
+    if receive is None:
+        bias, bias_diag, data.gain = receive_gain(problem, params.get("bias_correction", "none"), ctx.device)
+    else:
+        bias, bias_diag = receive[0], dict(receive[1])
+        data.gain = None if bias is None else torch.from_numpy(np.asarray(bias, np.float32)).to(ctx.device)
     x0 = starting_image(problem, data)
     prior = TVPrior(xi, gamma, relative_spacing(problem), bool(params.get("nonneg", True)))
     reference = None if problem.reference is None else np.asarray(problem.reference, np.float32)
